@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine (Python 3.11 + pip): `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+DATA_DIR ?= ../shared/datasets
+export KERAS_PNIL_DATA_DIR ?= $(abspath $(DATA_DIR))
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+BIN = $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# Main job: train a PNIL + NFGSM small CNN on MNIST and print its robustness table.
+demo: $(BIN)/.installed
+	$(BIN)/keras-pnil-train --config train/mnist_nfgsm.json --pnil --train-size 12000 --epochs 3 --out runs/demo
+	$(BIN)/keras-pnil-evaluate runs/demo --budget quick --out runs/demo/evaluation
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+.PHONY: install demo test

@@ -1,0 +1,90 @@
+"""Callbacks for adversarial training: best-checkpoint selection and the catastrophic-overfitting monitor."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights with the lowest `monitor` (default: adversarial validation loss).
+
+    Both weights and the best value are on disk, so a resumed run keeps
+    comparing against the true best; at the end of training the best weights
+    are restored.
+    """
+
+    def __init__(self, directory, monitor: str = "val_loss"):
+        super().__init__()
+        self.directory, self.monitor = Path(directory), monitor
+        self.weights_path = self.directory / "best.weights.h5"
+        self.record_path = self.directory / "best.json"
+
+    def _best(self) -> float:
+        if self.record_path.exists():
+            return json.loads(self.record_path.read_text())["value"]
+        return math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value) or value >= self._best():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / ".best.tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.weights_path)
+        atomic_write_text(self.record_path, json.dumps({"epoch": epoch + 1, "monitor": self.monitor, "value": float(value)}))
+
+    def on_train_end(self, logs=None):
+        if self.weights_path.exists():
+            self.model.load_weights(self.weights_path)
+
+
+class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
+    """Logs PGD accuracy on a fixed validation batch each epoch; optionally stops on a collapse.
+
+    Catastrophic overfitting (Wong et al.) shows as PGD accuracy falling far
+    below its best within an epoch while clean accuracy stays high. With
+    `early_stop`, a drop of more than `drop` below the best seen stops training
+    and restores the weights of the epoch before the collapse.
+    """
+
+    def __init__(self, x, y, epsilon: float, steps: int = 10, eot_samples: int = 1,
+                 early_stop: bool = False, drop: float = 0.2):
+        super().__init__()
+        self.x, self.y = tf.constant(x), tf.constant(y)
+        self.epsilon, self.steps, self.eot_samples = epsilon, steps, eot_samples
+        self.early_stop, self.drop = early_stop, drop
+        self.best, self._previous_weights = -1.0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_pnil.attacks import pgd
+        from keras_pnil.evaluation import accuracy
+
+        x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps,
+                    step_size=2.5 * self.epsilon / self.steps, eot_samples=self.eot_samples)
+        pgd_accuracy = accuracy(self.model, x_adv, self.y)
+        if logs is not None:
+            logs["pgd_val_accuracy"] = pgd_accuracy
+        if self.early_stop and pgd_accuracy < self.best - self.drop and self._previous_weights:
+            print(f"\nCatastrophic overfitting at epoch {epoch + 1}: PGD accuracy {pgd_accuracy:.3f} "
+                  f"after a best of {self.best:.3f}; stopping and restoring the previous epoch.")
+            self.model.set_weights(self._previous_weights)
+            self.model.stop_training = True
+            return
+        self.best = max(self.best, pgd_accuracy)
+        self._previous_weights = self.model.get_weights()

@@ -1,0 +1,236 @@
+"""Data sets (MNIST, Fashion-MNIST, CIFAR-10), the paper's 5×2 split, tf.data pipelines.
+
+Local files are read in their official formats: the IDX files of MNIST and
+Fashion-MNIST (gzip-compressed or not) and the CIFAR-10 binary batches. Without
+a directory, tensorflow-datasets downloads the data (needs internet).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR_ENV = "KERAS_PNIL_DATA_DIR"
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
+}
+_IDX_IMAGE_MAGIC, _IDX_LABEL_MAGIC = 2051, 2049
+_CIFAR_RECORDS_PER_FILE = 10000
+_CIFAR_RECORD = 1 + 32 * 32 * 3
+
+
+class DatasetError(ValueError):
+    """A data file is missing, corrupt or not what was asked for."""
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"Unknown data set {name!r}; expected one of {DATASETS}.")
+
+
+def _find_file(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(f"Missing data file: neither {stem}.gz nor {stem} in {directory}.")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DatasetError(f"Corrupt data file {path}: {err}") from err
+
+
+def read_idx(path: Path, magic: int, expected_count: int | None = None) -> np.ndarray:
+    """Reads one IDX file (images or labels) and checks its header against its size."""
+    raw = _read_bytes(path)
+    if len(raw) < 8:
+        raise DatasetError(f"Corrupt IDX file {path}: only {len(raw)} bytes, no header.")
+    found_magic = int.from_bytes(raw[0:4], "big")
+    if found_magic != magic:
+        raise DatasetError(
+            f"Corrupt IDX file {path}: bad magic number {found_magic}, expected {magic}."
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected_bytes = header + int(np.prod(dims))
+    if len(raw) != expected_bytes:
+        state = "truncated" if len(raw) < expected_bytes else "too long"
+        raise DatasetError(
+            f"Corrupt IDX file {path}: {state}, {len(raw)} bytes where the header "
+            f"{dims} implies {expected_bytes}."
+        )
+    if expected_count is not None and dims[0] != expected_count:
+        raise DatasetError(
+            f"Wrong image count in {path}: {dims[0]} records, expected {expected_count}."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _dataset_directory(name: str, data_dir: Path) -> Path:
+    """`data_dir/name` when it exists (the shared layout), else `data_dir` itself."""
+    nested = data_dir / name
+    if nested.is_dir():
+        return nested
+    if name == "cifar10" and (data_dir / "cifar-10-batches-bin").is_dir():
+        return data_dir / "cifar-10-batches-bin"
+    if not data_dir.is_dir():
+        raise DatasetError(f"Data directory {data_dir} does not exist.")
+    return data_dir
+
+
+def _load_idx_split(directory: Path, split: str, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    image_stem, label_stem, count = _IDX_FILES[split]
+    images = read_idx(_find_file(directory, image_stem), _IDX_IMAGE_MAGIC, count)
+    labels = read_idx(_find_file(directory, label_stem), _IDX_LABEL_MAGIC, count)
+    if images.shape[1:] != shape[:2]:
+        raise DatasetError(
+            f"Wrong image size in {directory / image_stem}: {images.shape[1:]}, "
+            f"expected {shape[:2]}."
+        )
+    if labels.max() > 9:
+        raise DatasetError(f"Corrupt labels in {directory / label_stem}: label {labels.max()} > 9.")
+    return images[..., None], labels
+
+
+def _read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DatasetError(f"Missing data file: {path}.")
+    raw = _read_bytes(path)
+    expected = _CIFAR_RECORDS_PER_FILE * _CIFAR_RECORD
+    if len(raw) != expected:
+        raise DatasetError(
+            f"Corrupt CIFAR-10 file {path}: {len(raw)} bytes, expected {expected} "
+            f"({_CIFAR_RECORDS_PER_FILE} records of {_CIFAR_RECORD} bytes)."
+        )
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    labels = records[:, 0]
+    if labels.max() > 9:
+        raise DatasetError(f"Corrupt CIFAR-10 file {path}: label {labels.max()} > 9.")
+    # Records store each image channel-major (1024 R, 1024 G, 1024 B): to NHWC.
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, labels
+
+
+def _load_cifar_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    parts = [_read_cifar_file(directory / n) for n in names]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _load_tfds(name: str):
+    import tensorflow_datasets as tfds
+
+    splits = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
+    return [(np.asarray(x), np.asarray(y)) for x, y in tfds.as_numpy(splits)]
+
+
+def _to_float(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return images.astype(np.float32) / 255.0, labels.astype(np.int64)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None):
+    """Loads a data set as float32 NHWC images in [0, 1] and integer labels.
+
+    Args:
+        name: "mnist", "fashion_mnist" or "cifar10".
+        data_dir: Directory holding the official files (directly, or in a
+            sub-directory named after the data set). Defaults to the
+            `KERAS_PNIL_DATA_DIR` environment variable; when neither is set the
+            data come from tensorflow-datasets.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`.
+    """
+    _check_name(name)
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir is None:
+        train, test = _load_tfds(name)
+    else:
+        directory = _dataset_directory(name, Path(data_dir))
+        if name == "cifar10":
+            train, test = (_load_cifar_split(directory, s) for s in ("train", "test"))
+        else:
+            train, test = (_load_idx_split(directory, s, IMAGE_SHAPES[name]) for s in ("train", "test"))
+    return _to_float(*train), _to_float(*test)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One train/test/validation split of the 5×2-fold protocol (index arrays)."""
+
+    repetition: int
+    fold: int
+    train: np.ndarray  # half of the official training set
+    test: np.ndarray  # the other half, where the fold is scored
+    validation: np.ndarray  # half of the official test set, for checkpoint selection
+
+
+def five_by_two_folds(
+    n_train: int, n_test: int, seed: int = 0, repetitions: int = 5
+) -> list[Fold]:
+    """The paper's protocol: `repetitions` × 2 folds of the training set.
+
+    Each repetition shuffles the training set and cuts it in two halves; fold 0
+    trains on the first and is scored on the second, fold 1 the other way round.
+    The official test set is shuffled and cut into halves too, fold k validating
+    on half k. Every index array is reproducible from `seed`.
+    """
+    if repetitions < 1 or n_train < 2 or n_test < 2:
+        raise ValueError(
+            f"Need repetitions >= 1 and at least 2 train and test examples; got "
+            f"repetitions={repetitions}, n_train={n_train}, n_test={n_test}."
+        )
+    rng = np.random.default_rng(seed)
+    folds = []
+    for repetition in range(repetitions):
+        train_halves = np.array_split(rng.permutation(n_train), 2)
+        test_halves = np.array_split(rng.permutation(n_test), 2)
+        for fold in range(2):
+            folds.append(
+                Fold(repetition, fold, np.sort(train_halves[fold]),
+                     np.sort(train_halves[1 - fold]), np.sort(test_halves[fold]))
+            )
+    return folds
+
+
+def check_images(x, what: str = "inputs") -> None:
+    """Raises a ValueError naming the problem when `x` is not an image batch in [0, 1]."""
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"{what} must be a batch (rank >= 2); got shape {x.shape}.")
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        raise ValueError(
+            f"{what} must lie in [0, 1]; found values in [{x.min():.4g}, {x.max():.4g}]. "
+            "Scale images to [0, 1] (e.g. divide uint8 pixels by 255)."
+        )
+
+
+def make_dataset(x, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
+                 drop_remainder: bool = False):
+    """A shuffled, batched, prefetched `tf.data.Dataset` of `(x, y)`.
+
+    The pipeline holds no Python generator, so `tf.distribute` strategies can
+    split its batches across replicas.
+    """
+    import tensorflow as tf
+
+    check_images(x)
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} images, {len(y)} labels.")
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,194 @@
+"""Robustness evaluation: accuracy of random models, attacks, effective robustness, gradient-masking checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from keras_pnil.attacks import EOT, get_attack, pgd
+from keras_pnil.layers import has_random_layer
+
+# Absolute accuracy margins (fractions) behind the gradient-masking checks.
+GRADIENT_FREE_MARGIN = 0.05
+CONVERGENCE_MARGIN = 0.03
+LARGE_EPSILON_CEILING = 0.10
+
+
+def per_example_correct(model, x, y, draws: int = 1, mode: str = "expected",
+                        batch_size: int = 1000) -> np.ndarray:
+    """Per-image correctness of a (possibly random) model, in [0, 1].
+
+    `mode="expected"` (default): the fraction of `draws` single stochastic
+    forward passes that classify the image correctly, an unbiased estimate of
+    the accuracy a user of the random model experiences. `mode="mean_softmax"`:
+    1 if the softmax averaged over `draws` passes predicts the label, else 0.
+    A deterministic model gives 0/1 either way.
+    """
+    if mode not in ("expected", "mean_softmax"):
+        raise ValueError(f"Unknown accuracy mode {mode!r}; expected 'expected' or 'mean_softmax'.")
+    draws = draws if has_random_layer(model) else 1
+    y = np.asarray(y)
+    out = np.empty(len(x), np.float64)
+    for i in range(0, len(x), batch_size):
+        logits = EOT(model, 1).draws  # one draw per pass keeps memory flat
+        passes = np.stack([logits(np.asarray(x[i:i + batch_size], np.float32))[0].numpy()
+                           for _ in range(draws)])
+        labels = y[i:i + batch_size]
+        if mode == "expected":
+            out[i:i + batch_size] = (passes.argmax(-1) == labels).mean(0)
+        else:
+            softmax = np.exp(passes - passes.max(-1, keepdims=True))
+            softmax /= softmax.sum(-1, keepdims=True)
+            out[i:i + batch_size] = softmax.mean(0).argmax(-1) == labels
+    return out
+
+
+def accuracy(model, x, y, draws: int = 1, mode: str = "expected") -> float:
+    """Mean of `per_example_correct`: the model's accuracy on `(x, y)`."""
+    return float(per_example_correct(model, x, y, draws, mode).mean())
+
+
+@dataclass
+class Budget:
+    """The attack budget a robustness number was measured with."""
+
+    epsilon: float
+    num_images: int
+    pgd_steps: int = 50
+    pgd_step_size: float | None = None
+    spsa_steps: int = 100
+    spsa_samples: int = 2048
+    spsa_images: int = 1000
+    spsa_learning_rate: float = 0.01
+    spsa_delta: float = 0.01
+    eot_samples: int = 1
+    accuracy_draws: int = 10
+    epochs: int | None = None
+
+    def is_paper_protocol(self) -> bool:
+        """Whether this is the paper's attack budget (PGD-50 of 2ε/50; SPSA 100×2048 on 1000 images)."""
+        return (self.pgd_steps >= 50 and self.spsa_steps >= 100 and self.spsa_samples >= 2048
+                and self.spsa_images >= 1000)
+
+    def describe(self) -> str:
+        label = "paper protocol" if self.is_paper_protocol() else "REDUCED budget (not the paper's protocol)"
+        return (f"{label}: ε={self.epsilon:.4g}, {self.num_images} test images "
+                f"(SPSA on {min(self.spsa_images, self.num_images)}), PGD {self.pgd_steps} steps, "
+                f"SPSA {self.spsa_steps} steps × {self.spsa_samples} samples, "
+                f"EOT {self.eot_samples} samples, accuracy over {self.accuracy_draws} draws"
+                + (f", {self.epochs} training epochs" if self.epochs is not None else ""))
+
+
+@dataclass
+class RobustnessResult:
+    """Clean and attacked accuracies (fractions) with the budget and the masking checks."""
+
+    clean: float
+    attacks: dict
+    effective: float  # the paper's Min: the lowest accuracy over attacks
+    worst_case: float  # an image counts only if it survives every attack
+    budget: Budget
+    subset_indices: list  # the images every attack ran on (SPSA's seeded subset)
+    checks: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _run_attack(name, model, x, y, budget: Budget):
+    attack = get_attack(name)
+    if name == "pgd":
+        return attack(model, x, y, budget.epsilon, steps=budget.pgd_steps,
+                      step_size=budget.pgd_step_size, eot_samples=budget.eot_samples)
+    return attack(model, x, y, budget.epsilon, steps=budget.spsa_steps, samples=budget.spsa_samples,
+                  learning_rate=budget.spsa_learning_rate, delta=budget.spsa_delta,
+                  eot_samples=budget.eot_samples)
+
+
+def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: int = 0,
+               checks: bool = True, progress=print, **budget_options) -> RobustnessResult:
+    """Accuracy under each attack, the effective robustness (Min) and the per-example worst case.
+
+    PGD runs on all of `x`; SPSA (and the worst case) on a seeded random subset
+    of `spsa_images` images, whose indices are returned. Keyword options set
+    the `Budget` (pgd_steps, spsa_samples, eot_samples, ...); for a model with a
+    random layer `eot_samples` should be > 1 (the paper uses 100).
+    """
+    for name in attacks:
+        get_attack(name)  # unknown names fail before any work is done
+    x, y = np.asarray(x, np.float32), np.asarray(y)
+    budget = Budget(epsilon=epsilon, num_images=len(x), **budget_options)
+    draws = budget.accuracy_draws
+    rng = np.random.default_rng(seed)
+    subset = np.sort(rng.choice(len(x), size=min(budget.spsa_images, len(x)), replace=False))
+    correct = {"clean": per_example_correct(model, x, y, draws)}
+    for name in attacks:
+        idx = subset if name != "pgd" else np.arange(len(x))
+        progress(f"[{name}] attacking {len(idx)} images ...")
+        x_adv = _run_attack(name, model, x[idx], y[idx], budget)
+        full = np.full(len(x), np.nan)
+        full[idx] = per_example_correct(model, x_adv, y[idx], draws)
+        correct[name] = full
+        progress(f"[{name}] accuracy {np.nanmean(full):.4f}")
+    per_attack = {name: float(np.nanmean(correct[name])) for name in attacks}
+    on_subset = np.min([correct[name][subset] for name in attacks], axis=0) if attacks else correct["clean"][subset]
+    result = RobustnessResult(
+        clean=float(correct["clean"].mean()), attacks=per_attack,
+        effective=min(per_attack.values()) if per_attack else float(correct["clean"].mean()),
+        worst_case=float(on_subset.mean()), budget=budget, subset_indices=subset.tolist())
+    if checks:
+        result.checks = gradient_masking_checks(model, x[subset], y[subset], budget, correct, subset, progress)
+    return result
+
+
+def _check(name: str, flagged: bool, detail: str) -> dict:
+    return {"check": name, "flagged": bool(flagged), "detail": detail}
+
+
+def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, progress=print) -> list:
+    """Carlini et al.'s sanity checks, each a dict with `flagged` (True = sign of masking).
+
+    1. A gradient-free attack beating PGD by more than `GRADIENT_FREE_MARGIN`
+       on the same images: the gradients mislead PGD.
+    2. PGD at ε = 0.5 (half the pixel range: any image can be turned into
+       grey) must reach near-zero accuracy; above `LARGE_EPSILON_CEILING`,
+       the gradient attack is not working.
+    3. Doubling PGD's steps and EOT samples must not lower accuracy by more
+       than `CONVERGENCE_MARGIN`; otherwise the reported PGD is not converged.
+    """
+    results = []
+    pgd_on_subset = float(np.mean(correct["pgd"][subset])) if "pgd" in correct else None
+    for name in (n for n in correct if n not in ("clean", "pgd")):
+        gap = pgd_on_subset - float(np.mean(correct[name][subset])) if pgd_on_subset is not None else 0.0
+        results.append(_check(f"{name} vs pgd", gap > GRADIENT_FREE_MARGIN,
+                              f"{name} accuracy is {gap:+.3f} below PGD's on the same {len(subset)} images"))
+    eot = budget.eot_samples
+    progress("[checks] PGD at ε = 0.5 and with doubled steps/EOT ...")
+    large = _accuracy_after_pgd(model, x, y, 0.5, budget.pgd_steps, eot, budget.accuracy_draws)
+    results.append(_check("large-ε PGD", large > LARGE_EPSILON_CEILING,
+                          f"PGD accuracy at ε=0.5 is {large:.3f} (should be near 0)"))
+    if pgd_on_subset is not None:
+        doubled = _accuracy_after_pgd(model, x, y, budget.epsilon, 2 * budget.pgd_steps,
+                                      2 * eot if has_random_layer(model) else 1,
+                                      budget.accuracy_draws, budget.pgd_step_size)
+        drop = pgd_on_subset - doubled
+        results.append(_check("PGD convergence", drop > CONVERGENCE_MARGIN,
+                              f"doubling steps and EOT samples changes PGD accuracy by {-drop:+.3f}"))
+    return results
+
+
+def _accuracy_after_pgd(model, x, y, epsilon, steps, eot_samples, draws, step_size=None) -> float:
+    step_size = 2.5 * epsilon / steps if step_size is None else step_size
+    x_adv = pgd(model, x, y, epsilon, steps=steps, step_size=min(step_size, epsilon), eot_samples=eot_samples)
+    return accuracy(model, x_adv, y, draws)
+
+
+def epsilon_sweep(model, x, y, epsilons, steps: int = 50, eot_samples: int = 1, draws: int = 10) -> list:
+    """PGD accuracy at each ε (the paper's Figure 5); it should fall towards 0."""
+    return [_accuracy_after_pgd(model, x, y, e, steps, eot_samples, draws, 2 * e / steps) for e in epsilons]
+
+
+def eot_curve(model, x, y, epsilon: float, samples_list, steps: int = 50, draws: int = 10) -> list:
+    """PGD accuracy against the number of EOT samples (the paper's Figure 4)."""
+    return [_accuracy_after_pgd(model, x, y, epsilon, steps, s, draws, 2 * epsilon / steps) for s in samples_list]

@@ -1,0 +1,88 @@
+"""The paper's learning-rate schedule: Smith's cyclical (triangular) policy and the LR range test."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_pnil")
+class CyclicalLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """Smith's triangular cyclical learning rate.
+
+    The rate climbs linearly from `base_lr` to `max_lr` over `step_size`
+    optimizer steps, falls back over the next `step_size`, and repeats.
+
+    Args:
+        base_lr: Lower bound (> 0).
+        max_lr: Upper bound (>= base_lr).
+        step_size: Half-cycle length in steps (Smith suggests 2-10 epochs' worth).
+    """
+
+    def __init__(self, base_lr: float, max_lr: float, step_size: int):
+        if not base_lr > 0 or not max_lr >= base_lr:
+            raise ValueError(f"Need 0 < base_lr <= max_lr; got base_lr={base_lr!r}, max_lr={max_lr!r}.")
+        if not step_size >= 1:
+            raise ValueError(f"step_size must be >= 1 optimizer step; got {step_size!r}.")
+        self.base_lr, self.max_lr, self.step_size = float(base_lr), float(max_lr), int(step_size)
+
+    def __call__(self, step):
+        position = ops.cast(step, "float32") / self.step_size
+        distance_to_peak = ops.abs(ops.mod(position, 2.0) - 1.0)  # 1 at the bounds, 0 at the peak
+        return self.base_lr + (self.max_lr - self.base_lr) * (1.0 - distance_to_peak)
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "max_lr": self.max_lr, "step_size": self.step_size}
+
+
+class _LinearRamp(keras.callbacks.Callback):
+    """Raises the learning rate linearly each batch and records (rate, loss)."""
+
+    def __init__(self, min_lr: float, max_lr: float, total_steps: int):
+        super().__init__()
+        self.rates = np.linspace(min_lr, max_lr, total_steps)
+        self.history: list[tuple[float, float]] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = min(len(self.history), len(self.rates) - 1)
+        self.model.optimizer.learning_rate.assign(self.rates[step])
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(logs["loss"])
+        self.history.append((float(self.model.optimizer.learning_rate.numpy()), loss))
+        if not np.isfinite(loss):
+            self.model.stop_training = True
+
+
+def suggest_bounds(rates, losses, smoothing: float = 0.9) -> tuple[float, float]:
+    """Cyclical-LR bounds from a range test: (max_lr / 4, max_lr).
+
+    `max_lr` is the rate at which the smoothed loss was lowest, the last rate
+    before raising it stops helping (Smith, Section 3.3).
+    """
+    smoothed, average = [], None
+    for loss in losses:
+        if not np.isfinite(loss):
+            break
+        average = loss if average is None else smoothing * average + (1 - smoothing) * loss
+        smoothed.append(average)
+    if not smoothed:
+        raise ValueError("The range test produced no finite loss; lower min_lr.")
+    max_lr = float(rates[int(np.argmin(smoothed))])
+    return max_lr / 4.0, max_lr
+
+
+def lr_range_test(model: keras.Model, dataset, min_lr: float = 1e-5, max_lr: float = 1e-1,
+                  epochs: int = 1, steps_per_epoch: int | None = None):
+    """Runs Smith's LR range test on a compiled `model` (its weights change: use a copy).
+
+    Returns `(history, (base_lr, max_lr))`, history being a list of (rate, loss).
+    """
+    steps = steps_per_epoch or int(dataset.cardinality())
+    if steps < 1:
+        raise ValueError("The range test needs a dataset of known, non-zero length or steps_per_epoch.")
+    ramp = _LinearRamp(min_lr, max_lr, epochs * steps)
+    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[ramp], verbose=0)
+    rates, losses = zip(*ramp.history)
+    return ramp.history, suggest_bounds(rates, losses)

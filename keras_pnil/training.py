@@ -1,0 +1,234 @@
+"""Adversarial training as a Keras `train_step`: clean, FGSM, RFGSM, NFGSM and PGD.
+
+A perturbation is a small callable object `(model_fn, x, y) -> x_adv`; the
+`AdversarialModel` applies it inside the compiled train step and then runs
+Keras' own step on the perturbed batch, so `compile`, `fit`, callbacks,
+distribution strategies and mixed precision work unchanged.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_pnil.attacks import input_gradient
+
+
+def _check_epsilon(epsilon: float) -> float:
+    if not isinstance(epsilon, (int, float)) or not 0.0 < epsilon < 1.0:
+        raise ValueError(f"epsilon must be a number in (0, 1) for pixels in [0, 1]; got {epsilon!r}.")
+    return float(epsilon)
+
+
+def _check_positive(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be a positive number; got {value!r}.")
+    return float(value)
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
+    return value
+
+
+def _uniform(x, radius: float):
+    return tf.random.uniform(tf.shape(x), -radius, radius, dtype=x.dtype)
+
+
+def _signed_gradient(model_fn, x, y, samples: int = 1):
+    return tf.sign(tf.stop_gradient(input_gradient(model_fn, x, y, samples)))
+
+
+class Perturbation:
+    """Base class: `epsilon` (L∞ radius) and a `get_config` for the run's record."""
+
+    name = "perturbation"
+
+    def __init__(self, epsilon: float):
+        self.epsilon = _check_epsilon(epsilon)
+
+    def __call__(self, model_fn, x, y):
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {"method": self.name, **{k: v for k, v in vars(self).items()}}
+
+
+class Clean(Perturbation):
+    """No perturbation: ordinary training (ε is only recorded)."""
+
+    name = "clean"
+
+    def __call__(self, model_fn, x, y):
+        return x
+
+
+class FGSM(Perturbation):
+    """x + ε·sign(∇x L), clipped to [0, 1] (Goodfellow et al.)."""
+
+    name = "fgsm"
+
+    def __call__(self, model_fn, x, y):
+        return tf.clip_by_value(x + self.epsilon * _signed_gradient(model_fn, x, y), 0.0, 1.0)
+
+
+class RFGSM(Perturbation):
+    """FGSM from a random start, projected back (Wong et al., "Fast is better than free").
+
+    δ ~ U(-ε, ε) kept inside [0, 1]; δ ← clip(δ + α·sign(∇), -ε, ε); x + δ in [0, 1].
+    The paper uses α = 1.2ε; Wong et al. 1.25ε.
+    """
+
+    name = "rfgsm"
+
+    def __init__(self, epsilon: float, alpha: float | None = None):
+        super().__init__(epsilon)
+        self.alpha = 1.2 * self.epsilon if alpha is None else _check_positive("alpha", alpha)
+
+    def __call__(self, model_fn, x, y):
+        start = tf.clip_by_value(x + _uniform(x, self.epsilon), 0.0, 1.0)
+        step = self.alpha * _signed_gradient(model_fn, start, y)
+        delta = tf.clip_by_value(start + step - x, -self.epsilon, self.epsilon)
+        return tf.clip_by_value(x + delta, 0.0, 1.0)
+
+
+class NFGSM(Perturbation):
+    """Noisy FGSM, Algorithm 1 of Schwinn et al.
+
+    x_n = x + U(-kε, kε) with k = `noise_multiplier`; r = ε·sign(Σ_l ∇ L(F(x_n)))
+    over `eot_samples` draws of the model's own noise; train on x_n + r. There is
+    no projection back to the ε-ball: the noise is part of the training
+    distribution. The result is clipped to [0, 1] (as is every input the model
+    sees at test time, attacked or not), which only removes perturbation that
+    no valid image could carry. k = 2 gives de Jorge et al.'s N-FGSM.
+    """
+
+    name = "nfgsm"
+
+    def __init__(self, epsilon: float, eot_samples: int = 1, noise_multiplier: float = 1.0):
+        super().__init__(epsilon)
+        self.eot_samples = _check_count("eot_samples", eot_samples)
+        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier)
+
+    def __call__(self, model_fn, x, y):
+        noisy = x + _uniform(x, self.noise_multiplier * self.epsilon)
+        step = self.epsilon * _signed_gradient(model_fn, noisy, y, self.eot_samples)
+        return tf.clip_by_value(noisy + step, 0.0, 1.0)
+
+
+class PGD(Perturbation):
+    """k-step L∞ PGD with a random start (Madry et al.): the expensive baseline."""
+
+    name = "pgd"
+
+    def __init__(self, epsilon: float, steps: int = 7, step_size: float | None = None):
+        super().__init__(epsilon)
+        self.steps = _check_count("steps", steps)
+        default_step = 2.5 * self.epsilon / self.steps
+        self.step_size = default_step if step_size is None else _check_positive("step_size", step_size)
+
+    def __call__(self, model_fn, x, y):
+        adv = tf.clip_by_value(x + _uniform(x, self.epsilon), 0.0, 1.0)
+        for _ in range(self.steps):  # a few steps, unrolled into the graph at trace time
+            adv = adv + self.step_size * _signed_gradient(model_fn, adv, y)
+            adv = tf.clip_by_value(tf.clip_by_value(adv, x - self.epsilon, x + self.epsilon), 0.0, 1.0)
+        return adv
+
+
+METHODS = {cls.name: cls for cls in (Clean, FGSM, RFGSM, NFGSM, PGD)}
+
+
+def get_perturbation(method: str, epsilon: float, **options) -> Perturbation:
+    """The training perturbation named `method`, with its options validated."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown training method {method!r}; expected one of {sorted(METHODS)}.")
+    try:
+        return METHODS[method](epsilon, **options)
+    except TypeError as err:
+        raise ValueError(f"Bad option for method {method!r}: {err}") from None
+
+
+def _check_input_range(x):
+    # Reported, not clipped: silently clipping would hide a preprocessing bug.
+    # (Asserts are dropped under XLA; `fit` checks array inputs up front too.)
+    tf.debugging.assert_greater_equal(x, tf.cast(0.0, x.dtype), message="inputs below 0: images must lie in [0, 1]")
+    tf.debugging.assert_less_equal(x, tf.cast(1.0, x.dtype), message="inputs above 1: images must lie in [0, 1]")
+
+
+class AdversarialModel(keras.Model):
+    """A functional Keras model that trains on adversarially perturbed inputs.
+
+    Build it like any functional model, `AdversarialModel(inputs, outputs,
+    method="nfgsm", epsilon=8/255)`, or wrap an existing model with
+    `adversarial(model, ...)`. The model must output logits. Validation
+    reports the loss and metrics under the training perturbation (`val_loss`
+    is the adversarial validation loss) and `val_clean_loss` /
+    `val_clean_accuracy` on the unperturbed inputs. `save` writes a plain
+    functional model, loadable without this class.
+    """
+
+    def __init__(self, *args, method: str = "nfgsm", epsilon: float = 8 / 255,
+                 perturbation: Perturbation | None = None, method_options: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.perturbation = perturbation or get_perturbation(method, epsilon, **(method_options or {}))
+        self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
+        self.clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
+
+    def _perturb(self, x, y):
+        _check_input_range(x)
+        # Training mode for the attack, as in Wong et al.: the gradient is taken
+        # through the same (noisy, batch-normalised) network that is trained.
+        x_adv = self.perturbation(lambda inputs: self(inputs, training=True), x, y)
+        return tf.stop_gradient(x_adv)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        logs = super().train_step((self._perturb(x, y), y, sample_weight))
+        return {k: v for k, v in logs.items() if not k.startswith("clean_")}
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        clean_logits = self(x, training=False)
+        self.clean_loss_tracker.update_state(
+            keras.losses.sparse_categorical_crossentropy(y, clean_logits, from_logits=True))
+        self.clean_accuracy.update_state(y, clean_logits)
+        return super().test_step((self._perturb(x, y), y, sample_weight))
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if isinstance(x, (list, tuple)) or hasattr(x, "__array__"):
+            from keras_pnil.data import check_images
+
+            check_images(x, "training images")
+        return super().fit(x, y, *args, **kwargs)
+
+    def plain_model(self) -> keras.Model:
+        """The same layers and weights as a plain `keras.Model`, without training code."""
+        return keras.Model(self.inputs, self.outputs, name=self.name)
+
+    def save(self, filepath, *args, **kwargs):
+        return self.plain_model().save(filepath, *args, **kwargs)
+
+
+def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 255,
+                **options) -> AdversarialModel:
+    """An `AdversarialModel` sharing `model`'s layers and weights.
+
+    Args:
+        model: A built functional or `Sequential` model that outputs logits.
+        method: "clean", "fgsm", "rfgsm", "nfgsm" or "pgd".
+        epsilon: L∞ radius for pixels in [0, 1].
+        **options: The method's options: `alpha` (rfgsm), `eot_samples` and
+            `noise_multiplier` (nfgsm), `steps` and `step_size` (pgd).
+    """
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if not inputs:
+        raise ValueError(
+            f"Model {model.name!r} has no defined inputs: build it with keras.Input "
+            "(or call it on data) before making it adversarial."
+        )
+    return AdversarialModel(inputs, outputs, method=method, epsilon=epsilon,
+                            method_options=options, name=model.name)

@@ -1,0 +1,55 @@
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+# Two logical CPU devices, so MirroredStrategy can be tested on one CPU. This
+# must happen before TensorFlow initialises its devices.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ.get("KERAS_PNIL_DATA_DIR", ROOT.parent / "shared" / "datasets"))
+    if not (path / "mnist").is_dir():
+        pytest.fail(f"MNIST not found under {path}; set KERAS_PNIL_DATA_DIR to the datasets folder.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir):
+    from keras_pnil.data import load_dataset
+
+    return load_dataset("mnist", data_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_pair(mnist):
+    """A small NFGSM-trained CNN without and with PNIL (2,000 images, 2 epochs): shared by slow tests."""
+    import keras
+
+    import keras_pnil as kp
+
+    (x, y), _ = mnist
+    models = {}
+    for pnil in (False, True):
+        keras.utils.set_random_seed(0)
+        model = kp.models.small_cnn(pnil=pnil, seed=0, filters=(8, 16), dense_units=64)
+        trainer = kp.adversarial(model, "nfgsm", 8 / 255)
+        trainer.compile(optimizer=keras.optimizers.Adam(2e-3),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        trainer.fit(x[:3000], y[:3000], batch_size=100, epochs=2, verbose=0)
+        models[pnil] = model
+    return models
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)

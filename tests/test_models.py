@@ -1,0 +1,35 @@
+import keras
+import numpy as np
+
+from keras_pnil import PixelwiseNoiseInjection, models
+
+
+def _weight_layers(model):
+    return [l for l in model.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+
+
+def test_small_cnn_has_two_convolutions_a_dense_layer_and_logits():
+    model = models.small_cnn()
+    kinds = [type(l).__name__ for l in _weight_layers(model)]
+    assert kinds == ["Conv2D", "Conv2D", "Dense", "Dense"]
+    out = model(np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")).numpy()
+    assert out.shape == (4, 10)
+    assert not np.allclose(out.sum(-1), 1.0)  # logits, not probabilities
+
+
+def test_pnil_is_the_first_layer():
+    model = models.small_cnn(pnil=True)
+    assert isinstance(model.layers[1], PixelwiseNoiseInjection)
+    assert model.layers[1].kernel.shape == (28, 28, 1)
+
+
+def test_resnet11_has_eleven_weight_layers():
+    model = models.resnet11(pnil=True, widths=(8, 8, 16, 16))
+    assert len(_weight_layers(model)) == 11
+    assert isinstance(model.layers[1], PixelwiseNoiseInjection)
+    assert model(np.zeros((2, 32, 32, 3), "float32")).shape == (2, 10)
+
+
+def test_for_dataset_picks_the_papers_network():
+    assert models.for_dataset("cifar10", widths=(4, 4, 4, 4)).name == "resnet11"
+    assert models.for_dataset("fashion_mnist", pnil=True).name == "small_cnn_pnil"
