@@ -16,6 +16,8 @@ import numpy as np
 
 DATA_DIR_ENV = "KERAS_PNIL_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
+# The paper's L∞ radii for pixels in [0, 1].
+DEFAULT_EPSILON = {"mnist": 8 / 255, "fashion_mnist": 4 / 255, "cifar10": 0.03}
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),

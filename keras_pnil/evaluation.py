@@ -162,7 +162,7 @@ def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, 
     for name in (n for n in correct if n not in ("clean", "pgd")):
         gap = pgd_on_subset - float(np.mean(correct[name][subset])) if pgd_on_subset is not None else 0.0
         results.append(_check(f"{name} vs pgd", gap > GRADIENT_FREE_MARGIN,
-                              f"{name} accuracy is {gap:+.3f} below PGD's on the same {len(subset)} images"))
+                              f"{name} accuracy minus PGD's on the same {len(subset)} images: {-gap:+.3f}"))
     eot = budget.eot_samples
     progress("[checks] PGD at ε = 0.5 and with doubled steps/EOT ...")
     large = _accuracy_after_pgd(model, x, y, 0.5, budget.pgd_steps, eot, budget.accuracy_draws)

@@ -8,6 +8,8 @@ distribution strategies and mixed precision work unchanged.
 
 from __future__ import annotations
 
+import os
+
 import keras
 import tensorflow as tf
 
@@ -232,3 +234,66 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
         )
     return AdversarialModel(inputs, outputs, method=method, epsilon=epsilon,
                             method_options=options, name=model.name)
+
+
+def _compile(trainer: keras.Model, base_lr: float, max_lr: float, steps_per_epoch: int) -> None:
+    from keras_pnil.schedules import CyclicalLearningRate
+
+    # The paper: Adam (0.9, 0.999) with a triangular cyclical rate; half-cycles of 2 epochs (Smith).
+    schedule = CyclicalLearningRate(base_lr, max_lr, step_size=2 * steps_per_epoch)
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def _range_test_bounds(config: dict, train_ds, out) -> tuple[float, float]:
+    from keras_pnil import models
+    from keras_pnil.callbacks import atomic_write_text
+    from keras_pnil.schedules import lr_range_test
+
+    probe = adversarial(models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"]),
+                        config["method"], config["epsilon"], **config["method_options"])
+    probe.compile(optimizer=keras.optimizers.Adam(1e-5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history, bounds = lr_range_test(probe, train_ds, min_lr=1e-5, max_lr=1e-1)
+    atomic_write_text(out / "lr_range_test.csv", "lr,loss\n" + "".join(f"{r},{l}\n" for r, l in history))
+    print(f"LR range test suggests a cyclical rate in [{bounds[0]:.2e}, {bounds[1]:.2e}]")
+    return bounds
+
+
+def fit_run(config: dict, strategy, train_ds, val_ds, steps_per_epoch: int, monitor_data, out) -> dict:
+    """The train command's loop: build, compile, fit with resume and checkpoint selection, save.
+
+    `out` receives the model (`model.keras`, a plain Keras model), the
+    configuration, the history (CSV), TensorBoard logs, the best checkpoint and
+    a backup that a restarted run resumes from (losing only a partial epoch).
+    """
+    from pathlib import Path
+
+    from keras_pnil import models
+    from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, atomic_write_text
+
+    out = Path(out)
+    with strategy.scope():
+        if config.get("lr_range_test") and "lr_bounds" not in config:
+            config["base_lr"], config["max_lr"] = _range_test_bounds(config, train_ds, out)
+            config["lr_bounds"] = "range test"
+        model = models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"])
+        trainer = adversarial(model, config["method"], config["epsilon"], **config["method_options"])
+        _compile(trainer, config["base_lr"], config["max_lr"], steps_per_epoch)
+    import json
+
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2))
+    callbacks = [
+        CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"]),
+        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        BestCheckpoint(out / "best"),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out / "logs")),
+    ]
+    history = trainer.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
+                          verbose=2 if os.environ.get("CI") else 1)
+    tmp = out / ".model.tmp.keras"
+    trainer.save(tmp)
+    os.replace(tmp, out / "model.keras")
+    return history.history

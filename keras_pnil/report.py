@@ -1,0 +1,191 @@
+"""Robustness tables in the form of the paper's Table 1 (Markdown, CSV, LaTeX, JSON) and figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from keras_pnil.callbacks import atomic_write_text
+from keras_pnil.stats import ALPHA, corrected_resampled_ttest, mean_std
+
+COLUMNS = ("clean", "spsa", "pgd", "min")
+DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+# Table 1 of Schwinn et al. (percent, mean ± std over 5×2 folds): (clean, spsa, pgd, min).
+PAPER_TABLE1 = {
+    ("cifar10", False, "rfgsm"): ("75±0", "58±3", "52±0", "52*±0"),
+    ("cifar10", False, "nfgsm"): ("77±1", "53±3", "50±0", "50*±0"),
+    ("cifar10", True, "rfgsm"): ("68±0", "63±1", "57±0", "57*±0"),
+    ("cifar10", True, "nfgsm"): ("66±0", "65±2", "57±0", "57*±0"),
+    ("fashion_mnist", False, "rfgsm"): ("83±1", "2±1", "58±9", "2*±1"),
+    ("fashion_mnist", False, "nfgsm"): ("85±0", "3±2", "64±8", "3*±2"),
+    ("fashion_mnist", True, "rfgsm"): ("80±0", "74±1", "70±0", "70*±0"),
+    ("fashion_mnist", True, "nfgsm"): ("82±0", "78±1", "67±0", "67*±0"),
+    ("mnist", False, "rfgsm"): ("98±0", "46±28", "61±25", "46±28"),
+    ("mnist", False, "nfgsm"): ("98±0", "23±36", "54±11", "23±36"),
+    ("mnist", True, "rfgsm"): ("98±0", "79±1", "55±9", "55±9"),
+    ("mnist", True, "nfgsm"): ("98±0", "77±1", "60±4", "60±4"),
+}
+
+
+def _cell(values) -> str:
+    mean, std = mean_std(np.asarray(values) * 100)
+    return f"{mean:.0f}±{std:.0f}"
+
+
+def _group(records):
+    """{(dataset, pnil, method): {column: [per-fold values]}} in fold order."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in sorted(records, key=lambda r: (r.get("repetition", 0), r.get("fold", 0))):
+        for column in COLUMNS:
+            if r.get(column) is not None:
+                groups[(r["dataset"], bool(r["pnil"]), r["method"])][column].append(r[column])
+    return groups
+
+
+def significance(records) -> dict:
+    """{(dataset, method): (t, p)} for PNIL vs baseline effective robustness (Min), paired by fold."""
+    groups, tests = _group(records), {}
+    sizes = {(r["dataset"], r["method"]): (r.get("n_train", 1), r.get("n_test", 1)) for r in records}
+    for (dataset, pnil, method), cols in groups.items():
+        other = groups.get((dataset, False, method))
+        if pnil and other and len(cols["min"]) == len(other["min"]) >= 2:
+            tests[(dataset, method)] = corrected_resampled_ttest(cols["min"], other["min"], *sizes[(dataset, method)])
+    return tests
+
+
+def table_rows(records) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: ours (mean ± std %) with the paper's row below each; Min marked, * = significant."""
+    groups, tests = _group(records), significance(records)
+    methods = sorted({m for _, _, m in groups}, key=lambda m: ("rfgsm", "nfgsm").index(m) if m in ("rfgsm", "nfgsm") else 9)
+    header = ["data set", "model", "source"] + [f"{m.upper()} {c.capitalize() if c in ('clean', 'min') else c.upper()}"
+                                                for m in methods for c in COLUMNS]
+    rows = []
+    for dataset, pnil in sorted({(d, p) for d, p, _ in groups}):
+        ours, paper = [], []
+        for method in methods:
+            cols = groups.get((dataset, pnil, method), {})
+            significant = tests.get((dataset, method), (0, 1))[1] < ALPHA
+            for column in COLUMNS:
+                text = _cell(cols[column]) if cols.get(column) else "–"
+                if column == "min" and cols.get(column):
+                    text = f"**{text.replace('±', '*±' if significant else '±')}**"
+                ours.append(text)
+            paper.extend(PAPER_TABLE1.get((dataset, pnil, method), ("–",) * 4))
+        model = "+ PNIL" if pnil else "baseline"
+        title = DATASET_TITLES.get(dataset, dataset)
+        rows.append([title, model, "ours"] + ours)
+        rows.append([title, model, "paper"] + list(paper))
+    return header, rows
+
+
+def markdown(records, budget: str) -> str:
+    header, rows = table_rows(records)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return (f"Accuracy in percent, mean ± std over folds. **Min** = effective robustness "
+            f"(lowest over attacks); `*` = PNIL vs baseline significant (corrected resampled t-test, "
+            f"α = {ALPHA}).\n\nBudget: {budget}\n\n" + "\n".join(lines) + "\n")
+
+
+def to_csv(records, budget: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["# budget: " + budget])
+    header, rows = table_rows(records)
+    writer.writerow(header)
+    writer.writerows([[c.replace("**", "") for c in r] for r in rows])
+    return out.getvalue()
+
+
+def latex(records, budget: str) -> str:
+    header, rows = table_rows(records)
+    def tex(cell: str) -> str:
+        cell = cell.replace("±", r"$\pm$")
+        return rf"\textbf{{{cell[2:-2]}}}" if cell.startswith("**") else cell
+
+    body = [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
+    spec = "lll" + "r" * (len(header) - 3)
+    return "\n".join([f"% Budget: {budget}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+                      " & ".join(header) + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}", ""])
+
+
+def write_tables(records, out_dir, budget: str, name: str = "table1") -> dict:
+    """Writes Markdown, CSV, LaTeX and JSON tables atomically; returns {format: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tests = {f"{d}/{m}": {"t": t, "p": p} for (d, m), (t, p) in significance(records).items()}
+    contents = {
+        "md": markdown(records, budget), "csv": to_csv(records, budget), "tex": latex(records, budget),
+        "json": json.dumps({"budget": budget, "records": records, "significance": tests}, indent=2),
+    }
+    paths = {}
+    for ext, text in contents.items():
+        paths[ext] = out_dir / f"{name}.{ext}"
+        atomic_write_text(paths[ext], text)
+    return paths
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    tmp.replace(path)
+    return path
+
+
+def plot_pnil_maps(layer, image, path, title: str = "") -> Path:
+    """The paper's Figures 1 and 3: input, learned B and W, Σ for the input, and the noisy output.
+
+    Multi-channel inputs get one row per channel.
+    """
+    plt = _figure()
+    image = np.asarray(image, np.float32)[None]
+    maps = {"input X": image[0], "bias B": layer.bias.numpy(), "weight W": layer.kernel.numpy(),
+            "Σ = X⊙W + B": layer.log_variance(image).numpy()[0], "output X'": layer(image).numpy()[0]}
+    channels = image.shape[-1]
+    fig, axes = plt.subplots(channels, len(maps), figsize=(3 * len(maps), 3 * channels), squeeze=False)
+    for c in range(channels):
+        for ax, (name, value) in zip(axes[c], maps.items()):
+            shown = ax.imshow(value[..., c], cmap="gray" if "X" in name.split()[-1] else "viridis")
+            ax.set_title(name if channels == 1 else f"{name} [ch {c}]")
+            ax.axis("off")
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.suptitle(title)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_curve(x, series: dict, path, xlabel: str, title: str, log_x: bool = False) -> Path:
+    """Accuracy curves: EOT samples (Figure 4) or ε (Figure 5) on the x axis."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, ys in series.items():
+        ax.plot(x, np.asarray(ys) * 100, marker="o", label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("PGD accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
