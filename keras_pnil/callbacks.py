@@ -76,7 +76,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         from keras_pnil.evaluation import accuracy
 
         x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps,
-                    step_size=2.5 * self.epsilon / self.steps, eot_samples=self.eot_samples)
+                    step_size=min(2.5 * self.epsilon / self.steps, self.epsilon), eot_samples=self.eot_samples)
         pgd_accuracy = accuracy(self.model, x_adv, self.y)
         if logs is not None:
             logs["pgd_val_accuracy"] = pgd_accuracy

@@ -66,6 +66,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (re-running resumes it)")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"])
     p.add_argument("--train-size", type=int, default=None, help="train on a seeded random subset of this size")
+    p.add_argument("--validation-size", type=int, default=None, help="validate on this many of the test-set half")
     p.add_argument("--fold", type=int, default=None, help="train on fold 0-9 of the 5×2 protocol instead")
     p.add_argument("--base-lr", type=float, default=1e-4)
     p.add_argument("--max-lr", type=float, default=1e-3)
@@ -107,7 +108,7 @@ def _select(args, x_train, y_train, x_test, y_test):
         rng = np.random.default_rng(args.seed)
         train_idx = np.sort(rng.permutation(len(x_train))[: args.train_size or len(x_train)])
         val_idx = np.sort(rng.permutation(len(x_test))[: len(x_test) // 2])
-    return train_idx, val_idx
+    return train_idx, val_idx[: args.validation_size]
 
 
 def train_main(argv=None) -> int:
