@@ -3,6 +3,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -51,5 +52,18 @@ def trained_pair(mnist):
     return models
 
 
-def rng(seed=0):
-    return np.random.default_rng(seed)
+class ZeroGradientQuantizer(keras.layers.Layer):
+    """Rounds inputs to 4 levels with an exactly zero gradient: textbook gradient masking."""
+
+    def call(self, x):
+        return tf.stop_gradient(tf.round(x * 3.0) / 3.0) + 0.0 * x
+
+
+@pytest.fixture(scope="session")
+def masked_model(trained_pair):
+    """The NFGSM-trained CNN behind a zero-gradient quantiser: PGD fails, SPSA should not."""
+    import keras
+
+    base = trained_pair[False]
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, base(ZeroGradientQuantizer()(inputs)), name="masked")

@@ -7,20 +7,6 @@ import keras_pnil as kp
 from keras_pnil.attacks import EOT, input_gradient, negative_log_likelihood
 
 
-class ZeroGradientQuantizer(keras.layers.Layer):
-    """Rounds inputs to 4 levels with an exactly zero gradient: textbook gradient masking."""
-
-    def call(self, x):
-        return tf.stop_gradient(tf.round(x * 3.0) / 3.0) + 0.0 * x
-
-
-@pytest.fixture(scope="module")
-def masked_model(trained_pair):
-    base = trained_pair[False]
-    inputs = keras.Input((28, 28, 1))
-    return keras.Model(inputs, base(ZeroGradientQuantizer()(inputs)), name="masked")
-
-
 def _noisy_model(bias=0.0):
     keras.utils.set_random_seed(0)
     model = kp.models.small_cnn(pnil=True, seed=0, filters=(4, 8), dense_units=32)
