@@ -16,7 +16,7 @@ install: $(BIN)/.installed
 
 # Main job: train a PNIL + NFGSM small CNN on MNIST and print its robustness table.
 demo: $(BIN)/.installed
-	$(BIN)/keras-pnil-train --config train/mnist_nfgsm.json --pnil --train-size 12000 --epochs 3 --out runs/demo
+	$(BIN)/keras-pnil-train --config train/mnist_nfgsm.json --pnil --train-size 12000 --validation-size 1000 --epochs 3 --out runs/demo
 	$(BIN)/keras-pnil-evaluate runs/demo --budget quick --out runs/demo/evaluation
 
 test: $(BIN)/.installed

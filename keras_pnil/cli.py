@@ -88,6 +88,7 @@ def _method_options(args) -> dict:
 
 
 def _strategy(name: str):
+    """The distribution strategy; `multiworker` reads the cluster from TF_CONFIG (one process per worker)."""
     import tensorflow as tf
 
     if name == "mirrored":
@@ -95,6 +96,15 @@ def _strategy(name: str):
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _worker_index() -> int:
+    return json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+
+
+def _is_chief() -> bool:
+    """Worker 0 (or a single process) owns the run directory; other workers write inside it."""
+    return _worker_index() == 0
 
 
 def _select(args, x_train, y_train, x_test, y_test):
@@ -113,13 +123,15 @@ def _select(args, x_train, y_train, x_test, y_test):
 
 def train_main(argv=None) -> int:
     args = _with_config_defaults(train_parser(), argv)
-    out = Path(args.out)
+    out = Path(args.out) if _is_chief() else Path(args.out) / f"worker-{_worker_index()}"
     if (out / "done.json").exists() and not args.force:
         print(f"{out} holds a finished run ({(out / 'done.json').read_text().strip()}); use --force to retrain.")
         return 0
+    # A multi-worker strategy must exist before TensorFlow runs any op.
+    strategy = _strategy(args.strategy)
     import keras
 
-    from keras_pnil import data, models
+    from keras_pnil import data
     from keras_pnil.training import get_perturbation
 
     epsilon = args.epsilon or data.DEFAULT_EPSILON[args.dataset]
@@ -137,7 +149,7 @@ def train_main(argv=None) -> int:
               "method_options": _method_options(args), "n_train": int(len(train_idx)),
               "validation_indices": val_idx.tolist()}
     start = time.time()
-    history = fit_run(config, _strategy(args.strategy), train_ds, val_ds, steps,
+    history = fit_run(config, strategy, train_ds, val_ds, steps,
                       (x_test[val_idx][: args.monitor_images], y_test[val_idx][: args.monitor_images]), out)
     last = {k: float(v[-1]) for k, v in history.items()}
     summary = (f"{args.dataset} {args.method}{' +PNIL' if args.pnil else ''} ε={epsilon:.4g}: "
