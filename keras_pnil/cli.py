@@ -64,7 +64,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (re-running resumes it)")
-    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"])
+    p.add_argument("--strategy", default="default", choices=["default", "mirrored"])
     p.add_argument("--train-size", type=int, default=None, help="train on a seeded random subset of this size")
     p.add_argument("--validation-size", type=int, default=None, help="validate on this many of the test-set half")
     p.add_argument("--fold", type=int, default=None, help="train on fold 0-9 of the 5×2 protocol instead")
@@ -88,23 +88,11 @@ def _method_options(args) -> dict:
 
 
 def _strategy(name: str):
-    """The distribution strategy; `multiworker` reads the cluster from TF_CONFIG (one process per worker)."""
     import tensorflow as tf
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def _worker_index() -> int:
-    return json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
-
-
-def _is_chief() -> bool:
-    """Worker 0 (or a single process) owns the run directory; other workers write inside it."""
-    return _worker_index() == 0
 
 
 def _select(args, x_train, y_train, x_test, y_test):
@@ -123,15 +111,13 @@ def _select(args, x_train, y_train, x_test, y_test):
 
 def train_main(argv=None) -> int:
     args = _with_config_defaults(train_parser(), argv)
-    out = Path(args.out) if _is_chief() else Path(args.out) / f"worker-{_worker_index()}"
+    out = Path(args.out)
     if (out / "done.json").exists() and not args.force:
         print(f"{out} holds a finished run ({(out / 'done.json').read_text().strip()}); use --force to retrain.")
         return 0
-    # A multi-worker strategy must exist before TensorFlow runs any op.
-    strategy = _strategy(args.strategy)
     import keras
 
-    from keras_pnil import data
+    from keras_pnil import data, models
     from keras_pnil.training import get_perturbation
 
     epsilon = args.epsilon or data.DEFAULT_EPSILON[args.dataset]
@@ -149,7 +135,7 @@ def train_main(argv=None) -> int:
               "method_options": _method_options(args), "n_train": int(len(train_idx)),
               "validation_indices": val_idx.tolist()}
     start = time.time()
-    history = fit_run(config, strategy, train_ds, val_ds, steps,
+    history = fit_run(config, _strategy(args.strategy), train_ds, val_ds, steps,
                       (x_test[val_idx][: args.monitor_images], y_test[val_idx][: args.monitor_images]), out)
     last = {k: float(v[-1]) for k, v in history.items()}
     summary = (f"{args.dataset} {args.method}{' +PNIL' if args.pnil else ''} ε={epsilon:.4g}: "

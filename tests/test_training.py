@@ -215,27 +215,3 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path, data_dir):
     assert json.loads((out / "config.json").read_text())["pnil"] is True
     again = _train_cli(out, data_dir, "--epochs", "3")
     assert "holds a finished run" in again.communicate(timeout=120)[0]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_multi_worker_training_with_two_processes_on_loopback(tmp_path, data_dir):
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    out = tmp_path / "run"
-    procs = []
-    for index in range(2):
-        env = {**os.environ, "CI": "1", "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        cmd = [sys.executable, "-m", "keras_pnil.cli", "--data-dir", str(data_dir), "--strategy", "multiworker",
-               "--train-size", "400", "--validation-size", "100", "--monitor-images", "20", "--epochs", "2",
-               "--out", str(out)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
-    assert (out / "model.keras").exists() and (out / "worker-1" / "done.json").exists()
-    assert len((out / "history.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
