@@ -95,17 +95,17 @@ def _strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def _select(args, x_train, y_train, x_test, y_test):
+def _select(args, n_train: int, n_test: int):
     """Training images and the validation half of the test set (the other half is for evaluation)."""
     from keras_pnil.data import five_by_two_folds
 
     if args.fold is not None:
-        fold = five_by_two_folds(len(x_train), len(x_test), seed=args.seed)[args.fold]
+        fold = five_by_two_folds(n_train, n_test, seed=args.seed)[args.fold]
         train_idx, val_idx = fold.train, fold.validation
     else:
         rng = np.random.default_rng(args.seed)
-        train_idx = np.sort(rng.permutation(len(x_train))[: args.train_size or len(x_train)])
-        val_idx = np.sort(rng.permutation(len(x_test))[: len(x_test) // 2])
+        train_idx = np.sort(rng.permutation(n_train)[: args.train_size or n_train])
+        val_idx = np.sort(rng.permutation(n_test)[: n_test // 2])
     return train_idx, val_idx[: args.validation_size]
 
 
@@ -123,7 +123,7 @@ def train_main(argv=None) -> int:
     epsilon = args.epsilon or data.DEFAULT_EPSILON[args.dataset]
     get_perturbation(args.method, epsilon, **_method_options(args))  # fail fast on bad options
     (x_train, y_train), (x_test, y_test) = data.load_dataset(args.dataset, args.data_dir)
-    train_idx, val_idx = _select(args, x_train, y_train, x_test, y_test)
+    train_idx, val_idx = _select(args, len(x_train), len(x_test))
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     train_ds = data.make_dataset(x_train[train_idx], y_train[train_idx], args.batch_size, seed=args.seed)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from keras_pnil.attacks import EOT, get_attack, pgd
+from keras_pnil.attacks import get_attack, pgd
 from keras_pnil.layers import has_random_layer
 
 # Absolute accuracy margins (fractions) behind the gradient-masking checks.
@@ -31,9 +31,8 @@ def per_example_correct(model, x, y, draws: int = 1, mode: str = "expected",
     y = np.asarray(y)
     out = np.empty(len(x), np.float64)
     for i in range(0, len(x), batch_size):
-        logits = EOT(model, 1).draws  # one draw per pass keeps memory flat
-        passes = np.stack([logits(np.asarray(x[i:i + batch_size], np.float32))[0].numpy()
-                           for _ in range(draws)])
+        batch = np.asarray(x[i:i + batch_size], np.float32)
+        passes = np.stack([model(batch, training=False).numpy() for _ in range(draws)])
         labels = y[i:i + batch_size]
         if mode == "expected":
             out[i:i + batch_size] = (passes.argmax(-1) == labels).mean(0)

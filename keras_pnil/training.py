@@ -43,7 +43,7 @@ def _signed_gradient(model_fn, x, y, samples: int = 1):
 
 
 class Perturbation:
-    """Base class: `epsilon` (L∞ radius) and a `get_config` for the run's record."""
+    """Base class: validates and holds `epsilon`, the L∞ radius."""
 
     name = "perturbation"
 
@@ -52,9 +52,6 @@ class Perturbation:
 
     def __call__(self, model_fn, x, y):
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {"method": self.name, **{k: v for k, v in vars(self).items()}}
 
 
 class Clean(Perturbation):

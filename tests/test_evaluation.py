@@ -125,3 +125,11 @@ def test_evaluate_command_prints_the_table_and_rejects_bad_runs(trained_pair, tm
     assert bad.returncode != 0 and "not a finished training run" in bad.stderr
     unknown = subprocess.run(cmd + ["--attacks", "pgd,cw"], capture_output=True, text=True)
     assert unknown.returncode != 0 and "Unknown attack 'cw'" in unknown.stderr
+
+
+def test_epsilon_sweep_falls_towards_zero_and_eot_curve_has_one_point_per_setting(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    sweep = kp.evaluation.epsilon_sweep(trained_pair[False], xt[:60], yt[:60], [0.02, 0.1, 0.3], steps=10, draws=1)
+    assert sweep[0] >= sweep[1] >= sweep[2] and sweep[2] < 0.2
+    curve = kp.evaluation.eot_curve(trained_pair[True], xt[:60], yt[:60], 0.1, [1, 4], steps=5, draws=2)
+    assert len(curve) == 2 and all(0 <= a <= 1 for a in curve)
