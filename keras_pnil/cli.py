@@ -67,7 +67,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="default", choices=["default", "mirrored"])
     p.add_argument("--train-size", type=int, default=None, help="train on a seeded random subset of this size")
     p.add_argument("--validation-size", type=int, default=None, help="validate on this many of the test-set half")
-    p.add_argument("--fold", type=int, default=None, help="train on fold 0-9 of the 5×2 protocol instead")
+    p.add_argument("--fold", type=int, default=None, choices=range(10), metavar="0-9",
+                   help="train on fold 0-9 of the 5×2 protocol (with --train-size: a subset of its half)")
     p.add_argument("--base-lr", type=float, default=1e-4)
     p.add_argument("--max-lr", type=float, default=1e-3)
     p.add_argument("--lr-range-test", action="store_true", help="pick the cyclical LR bounds with Smith's range test")
@@ -99,13 +100,14 @@ def _select(args, n_train: int, n_test: int):
     """Training images and the validation half of the test set (the other half is for evaluation)."""
     from keras_pnil.data import five_by_two_folds
 
+    rng = np.random.default_rng(args.seed)
     if args.fold is not None:
         fold = five_by_two_folds(n_train, n_test, seed=args.seed)[args.fold]
         train_idx, val_idx = fold.train, fold.validation
     else:
-        rng = np.random.default_rng(args.seed)
-        train_idx = np.sort(rng.permutation(n_train)[: args.train_size or n_train])
-        val_idx = np.sort(rng.permutation(n_test)[: n_test // 2])
+        train_idx, val_idx = np.arange(n_train), np.sort(rng.permutation(n_test)[: n_test // 2])
+    # --train-size takes a seeded subset (of the fold's half under --fold): reduced budgets.
+    train_idx = np.sort(rng.permutation(train_idx)[: args.train_size or len(train_idx)])
     return train_idx, val_idx[: args.validation_size]
 
 
@@ -184,11 +186,21 @@ def _load_run(run: Path):
     return config, model
 
 
-def _evaluation_images(config, x_test, y_test, num_images: int, seed: int):
-    """Test images outside the run's validation half, a seeded sample of `num_images`."""
-    held_out = np.setdiff1d(np.arange(len(x_test)), config.get("validation_indices", []))
-    chosen = np.sort(np.random.default_rng(seed).permutation(held_out)[:num_images])
-    return x_test[chosen], y_test[chosen]
+def _evaluation_images(config, data_cache, num_images: int, seed: int):
+    """A seeded sample of `num_images` images the run neither trained nor validated on.
+
+    A 5×2 fold is scored on the other half of the training set (the paper's
+    protocol); any other run on test images outside its validation half.
+    """
+    from keras_pnil.data import five_by_two_folds
+
+    (x_train, y_train), (x_test, y_test) = data_cache
+    if config.get("fold") is not None:
+        pool, x, y = five_by_two_folds(len(x_train), len(x_test), seed=config["seed"])[config["fold"]].test, x_train, y_train
+    else:
+        pool, x, y = np.setdiff1d(np.arange(len(x_test)), config.get("validation_indices", [])), x_test, y_test
+    chosen = np.sort(np.random.default_rng(seed).permutation(pool)[:num_images])
+    return x[chosen], y[chosen]
 
 
 def _budget(args) -> dict:
@@ -199,48 +211,110 @@ def _budget(args) -> dict:
     return budget
 
 
-def evaluate_main(argv=None) -> int:
-    args = evaluate_parser().parse_args(argv)
-    from keras_pnil import data, evaluation, report
+def _parse_attacks(text: str) -> tuple:
     from keras_pnil.attacks import get_attack
-    from keras_pnil.layers import find_pnil, has_random_layer
 
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    attacks = tuple(a.strip() for a in text.split(",") if a.strip())
     try:
         [get_attack(a) for a in attacks]
     except ValueError as err:
         raise SystemExit(f"error: {err}")
-    budget, out, records, cache = _budget(args), Path(args.out), [], {}
+    return attacks
+
+
+def evaluate_run(run: Path, attacks, budget: dict, out: Path, data_cache: dict, *, epsilon=None,
+                 seed: int = 0, data_dir=None, reuse: bool = False) -> dict:
+    """Evaluates one training run; writes `<out>/<run name>.json` atomically and its PNIL maps.
+
+    Returns the run's Table 1 record. With `reuse`, a result file written for
+    the same attacks, budget, ε and seed is read back instead of recomputed
+    (how the reproduce command resumes).
+    """
+    from keras_pnil import data, evaluation, report
+    from keras_pnil.layers import find_pnil, has_random_layer
+
+    request = {"attacks": list(attacks), "budget": budget, "epsilon": epsilon, "seed": seed}
     out.mkdir(parents=True, exist_ok=True)
-    for run in map(Path, args.runs):
-        config, model = _load_run(run)
-        dataset = config["dataset"]
-        if dataset not in cache:
-            cache[dataset] = data.load_dataset(dataset, args.data_dir)[1]
-        x_test, y_test = cache[dataset]
-        if tuple(model.input_shape[1:]) != x_test.shape[1:]:
-            raise SystemExit(f"error: {run} was trained on inputs {model.input_shape[1:]}, but {dataset} "
-                             f"images are {x_test.shape[1:]}: mismatched data set.")
-        x, y = _evaluation_images(config, x_test, y_test, budget["num_images"], args.seed)
-        options = {k: v for k, v in budget.items() if k != "num_images"}
-        if not has_random_layer(model):
-            options["eot_samples"] = 1  # EOT over a deterministic model changes nothing
-        print(f"== {run}: {dataset}, {config['method']}{' + PNIL' if config['pnil'] else ''}")
-        result = evaluation.robustness(model, x, y, args.epsilon or config["epsilon"], attacks, seed=args.seed,
-                                       epochs=config.get("epochs"), **options)
-        atomic_write_text(out / f"{run.name}.json", json.dumps(result.to_dict(), indent=2))
-        for check in result.checks:
-            print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
-        records.append({"dataset": dataset, "method": config["method"], "pnil": config["pnil"],
-                        "run": str(run), "clean": result.clean, **result.attacks, "min": result.effective,
-                        "worst_case": result.worst_case, "n_train": config.get("n_train", 1),
-                        "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0})
-        layer = find_pnil(model)
-        if layer is not None:
-            report.plot_pnil_maps(layer, x[0], out / f"{run.name}_pnil.png", title=f"{run.name}: learned PNIL")
-    paths = report.write_tables(records, out, result.budget.describe())
+    path = out / f"{run.name}.json"
+    if reuse and path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("request") == request:
+            return stored["record"]
+    config, model = _load_run(run)
+    dataset = config["dataset"]
+    if dataset not in data_cache:
+        data_cache[dataset] = data.load_dataset(dataset, data_dir)
+    if tuple(model.input_shape[1:]) != data_cache[dataset][1][0].shape[1:]:
+        raise SystemExit(f"error: {run} was trained on inputs {model.input_shape[1:]}, but {dataset} "
+                         f"images are {data_cache[dataset][1][0].shape[1:]}: mismatched data set.")
+    x, y = _evaluation_images(config, data_cache[dataset], budget["num_images"], seed)
+    options = {k: v for k, v in budget.items() if k != "num_images"}
+    if not has_random_layer(model):
+        options["eot_samples"] = 1  # EOT over a deterministic model changes nothing
+    print(f"== {run}: {dataset}, {config['method']}{' + PNIL' if config['pnil'] else ''}")
+    result = evaluation.robustness(model, x, y, epsilon or config["epsilon"], attacks, seed=seed,
+                                   epochs=config.get("epochs"), **options)
+    for check in result.checks:
+        print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
+    record = {"dataset": dataset, "method": config["method"], "pnil": config["pnil"], "run": str(run),
+              "clean": result.clean, **result.attacks, "min": result.effective,
+              "worst_case": result.worst_case, "n_train": config.get("n_train", 1),
+              "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0,
+              "budget": result.budget.describe(), "checks": result.checks}
+    atomic_write_text(path, json.dumps({"request": request, "record": record, **result.to_dict()}, indent=2))
+    layer = find_pnil(model)
+    if layer is not None:
+        report.plot_pnil_maps(layer, x[0], out / f"{run.name}_pnil.png", title=f"{run.name}: learned PNIL")
+    return record
+
+
+def evaluate_main(argv=None) -> int:
+    args = evaluate_parser().parse_args(argv)
+    from keras_pnil import report
+
+    attacks, budget, out, cache = _parse_attacks(args.attacks), _budget(args), Path(args.out), {}
+    out.mkdir(parents=True, exist_ok=True)
+    records = [evaluate_run(Path(run), attacks, budget, out, cache, epsilon=args.epsilon, seed=args.seed,
+                            data_dir=args.data_dir) for run in args.runs]
+    paths = report.write_tables(records, out)
     print(paths["md"].read_text())
     print(f"Tables: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def reproduce_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keras-pnil-reproduce",
+                                description="Run a suite's grid (default: the paper's Table 1): train, evaluate, "
+                                            "tables and figures. Rerunning resumes where it stopped.")
+    p.add_argument("--suite", default="table1", help="evaluate/<name>.json or a path (default: table1)")
+    p.add_argument("--budget", default="quick", help="the suite's budget: quick (CPU) or paper (GPU)")
+    p.add_argument("--datasets", default=None, help="comma-separated subset, e.g. mnist,fashion_mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--runs", default="runs/reproduce", help="where runs and evaluations go (resumed from)")
+    p.add_argument("--results", default="docs/results", help="where the tables, figures and summary go")
+    p.add_argument("--estimate-only", action="store_true", help="print the estimated cost and stop")
+    return p
+
+
+def reproduce_main(argv=None) -> int:
+    args = reproduce_parser().parse_args(argv)
+    from keras_pnil import reproduce
+
+    try:
+        suite = reproduce.load_suite(args.suite)
+        datasets = args.datasets.split(",") if args.datasets else None
+        specs = reproduce.grid(suite, args.budget, datasets)
+    except reproduce.SuiteError as err:
+        raise SystemExit(f"error: {err}")
+    throughput = {d: reproduce.forward_throughput(d) for d in dict.fromkeys(s.dataset for s in specs)}
+    seconds = reproduce.estimate_cost(suite, args.budget, specs, throughput)
+    for dataset, cost in seconds.items():
+        print(f"estimate: {dataset}: {sum(s.dataset == dataset for s in specs)} runs, about {cost / 3600:.1f} h "
+              f"here (forward pass {throughput[dataset]:.0f} img/s measured now; a rough count of passes)")
+    if args.estimate_only:
+        return 0
+    name = Path(args.suite).stem
+    reproduce.run_suite(suite, args.budget, datasets, args.runs, args.results, args.data_dir, name)
     return 0
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from keras_pnil.attacks import get_attack, pgd
-from keras_pnil.layers import has_random_layer
+from keras_pnil.layers import LOG_VARIANCE_RANGE, has_random_layer
 
 # Absolute accuracy margins (fractions) behind the gradient-masking checks.
 GRADIENT_FREE_MARGIN = 0.05
@@ -141,8 +141,8 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
     return result
 
 
-def _check(name: str, flagged: bool, detail: str) -> dict:
-    return {"check": name, "flagged": bool(flagged), "detail": detail}
+def _check(name: str, value: float, flagged: bool, detail: str) -> dict:
+    return {"check": name, "value": float(value), "flagged": bool(flagged), "detail": detail}
 
 
 def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, progress=print) -> list:
@@ -160,19 +160,19 @@ def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, 
     pgd_on_subset = float(np.mean(correct["pgd"][subset])) if "pgd" in correct else None
     for name in (n for n in correct if n not in ("clean", "pgd")):
         gap = pgd_on_subset - float(np.mean(correct[name][subset])) if pgd_on_subset is not None else 0.0
-        results.append(_check(f"{name} vs pgd", gap > GRADIENT_FREE_MARGIN,
+        results.append(_check(f"{name} vs pgd", -gap, gap > GRADIENT_FREE_MARGIN,
                               f"{name} accuracy minus PGD's on the same {len(subset)} images: {-gap:+.3f}"))
     eot = budget.eot_samples
     progress("[checks] PGD at ε = 0.5 and with doubled steps/EOT ...")
     large = _accuracy_after_pgd(model, x, y, 0.5, budget.pgd_steps, eot, budget.accuracy_draws)
-    results.append(_check("large-ε PGD", large > LARGE_EPSILON_CEILING,
+    results.append(_check("large-ε PGD", large, large > LARGE_EPSILON_CEILING,
                           f"PGD accuracy at ε=0.5 is {large:.3f} (should be near 0)"))
     if pgd_on_subset is not None:
         doubled = _accuracy_after_pgd(model, x, y, budget.epsilon, 2 * budget.pgd_steps,
                                       2 * eot if has_random_layer(model) else 1,
                                       budget.accuracy_draws, budget.pgd_step_size)
         drop = pgd_on_subset - doubled
-        results.append(_check("PGD convergence", drop > CONVERGENCE_MARGIN,
+        results.append(_check("PGD convergence", -drop, drop > CONVERGENCE_MARGIN,
                               f"doubling steps and EOT samples changes PGD accuracy by {-drop:+.3f}"))
     return results
 
@@ -191,3 +191,22 @@ def epsilon_sweep(model, x, y, epsilons, steps: int = 50, eot_samples: int = 1, 
 def eot_curve(model, x, y, epsilon: float, samples_list, steps: int = 50, draws: int = 10) -> list:
     """PGD accuracy against the number of EOT samples (the paper's Figure 4)."""
     return [_accuracy_after_pgd(model, x, y, epsilon, steps, s, draws, 2 * epsilon / steps) for s in samples_list]
+
+
+def pnil_structure(layer, x, object_threshold: float = 0.5, background_threshold: float = 0.05) -> dict:
+    """Has the PNIL learned structure? Mean noise σ on object vs background pixels, now and at init.
+
+    Object pixels are those above `object_threshold`, background those below
+    `background_threshold` (MNIST-like images on black). The paper's Figure 1
+    shows low variance on the digit and high variance around it; σ equal to its
+    initial value everywhere means the layer has not learned.
+    """
+    x = np.asarray(x, np.float32)
+    sigma = layer.noise_stddev(x).numpy()
+    w0 = np.asarray(layer.kernel_initializer(layer.kernel.shape), np.float32)
+    b0 = np.asarray(layer.bias_initializer(layer.bias.shape), np.float32)
+    sigma0 = np.exp(np.clip(x * w0 + b0, *LOG_VARIANCE_RANGE) / 2)
+    on, off = x > object_threshold, x < background_threshold
+    return {"sigma_object": float(sigma[on].mean()), "sigma_background": float(sigma[off].mean()),
+            "init_sigma_object": float(sigma0[on].mean()), "init_sigma_background": float(sigma0[off].mean()),
+            "mean_bias": float(layer.bias.numpy().mean()), "mean_abs_kernel": float(np.abs(layer.kernel.numpy()).mean())}

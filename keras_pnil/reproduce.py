@@ -1,0 +1,247 @@
+"""Reproduction suites: train a grid of runs, evaluate them, and write the tables and figures.
+
+A suite (`evaluate/<name>.json`) names the data sets, training methods, PNIL
+on/off and attacks, and per budget the folds, training flags, attack budget and
+figure settings. `run_suite` works through the grid in order and resumes: a
+finished run is not trained again (the train command's `done.json`), a killed
+one continues from its last epoch (its `BackupAndRestore` backup), and
+evaluations and figure data already written for the same budget are read back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from keras_pnil.callbacks import atomic_write_text
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
+
+
+class SuiteError(ValueError):
+    """A suite definition that cannot be run (missing file, unknown budget or data set)."""
+
+
+def load_suite(name_or_path: str) -> dict:
+    """The suite `evaluate/<name>.json` of this repository, or a JSON file's path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = REPOSITORY / "evaluate" / f"{name_or_path}.json"
+    try:
+        suite = json.loads(path.read_text())
+    except OSError as err:
+        raise SuiteError(f"cannot read suite {path}: {err.strerror}. Suites live in the repository's "
+                         "evaluate/ folder; pass a path to use one elsewhere.") from None
+    except json.JSONDecodeError as err:
+        raise SuiteError(f"suite {path} is not valid JSON: {err}") from None
+    suite["path"] = str(path)
+    return suite
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of a suite's grid on one fold."""
+
+    dataset: str
+    method: str
+    pnil: bool
+    fold: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.method}-{'pnil' if self.pnil else 'baseline'}-fold{self.fold}"
+
+
+def grid(suite: dict, budget: str, datasets=None) -> list[RunSpec]:
+    """The suite's runs for `budget`, restricted to `datasets` (default: all of the suite's)."""
+    if budget not in suite["budgets"]:
+        raise SuiteError(f"suite {suite['path']} has no budget {budget!r}; it has {sorted(suite['budgets'])}.")
+    unknown = set(datasets or ()) - set(suite["datasets"])
+    if unknown:
+        raise SuiteError(f"unknown data set(s) {sorted(unknown)}; suite {suite['path']} has {list(suite['datasets'])}.")
+    chosen = [d for d in suite["datasets"] if not datasets or d in datasets]
+    return [RunSpec(d, m, p, f) for d in chosen for m in suite["methods"] for p in suite["pnil"]
+            for f in suite["budgets"][budget]["folds"]]
+
+
+def _flags(options: dict) -> list[str]:
+    """{"train_size": 4000, "pnil": False} → ["--train-size", "4000", "--no-pnil"]."""
+    argv = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def train_argv(suite: dict, budget: str, spec: RunSpec, out: Path) -> list[str]:
+    """The `keras-pnil-train` arguments of one run."""
+    method = dict(suite["methods"][spec.method])
+    config = REPOSITORY / method.pop("config").format(dataset=spec.dataset)
+    options = {**suite["datasets"][spec.dataset], **method, **suite["budgets"][budget]["train"],
+               "pnil": spec.pnil, "fold": spec.fold}
+    return ["--config", str(config), *_flags(options), "--out", str(out)]
+
+
+# ---------------------------------------------------------------- cost estimate
+def _training_units(config: dict, options: dict, n_train: int) -> float:
+    """Forward-pass equivalents (a backward pass counts two) of one training run."""
+    per_image = {"clean": 3, "pgd": 3 + 3 * options.get("pgd_steps", config.get("pgd_steps", 7))}.get(
+        config["method"], 3 + 3 * options.get("eot_samples", config.get("eot_samples", 1)))
+    images = options.get("train_size", n_train)
+    validation = options.get("validation_size", 5000) * 5 + options.get("monitor_images", 200) * 3 * 10
+    return options.get("epochs", config.get("epochs", 10)) * (images * per_image + validation)
+
+
+def _evaluation_units(budget: dict, eot: int, attacks) -> float:
+    n, s, steps = budget["num_images"], budget["spsa_images"], budget["pgd_steps"]
+    units = n * budget["accuracy_draws"] * 2
+    if "pgd" in attacks:
+        units += n * steps * eot * 3
+    if "spsa" in attacks:
+        units += s * budget["spsa_steps"] * budget["spsa_samples"] * eot
+    return units + s * steps * eot * 3 * 5  # masking checks: large-ε PGD, then doubled steps and EOT
+
+
+def _figure_units(figures: dict, methods: int) -> float:
+    """Figures 4 and 5: EOT curves of the PNIL models, ε sweeps of all (with EOT for PNIL)."""
+    per_pgd = figures["images"] * figures["pgd_steps"] * 3
+    eot_curves = methods * per_pgd * sum(figures["eot_samples"])
+    sweeps = methods * per_pgd * len(figures["epsilon_multiples"]) * (1 + figures["eot"])
+    return eot_curves + sweeps
+
+
+def forward_throughput(dataset: str, batch_size: int = 500, repeats: int = 3) -> float:
+    """Images per second of a compiled forward pass of the data set's model, measured here."""
+    import tensorflow as tf
+
+    from keras_pnil import data, models
+
+    model = models.for_dataset(dataset, pnil=True)
+    forward = tf.function(lambda x: model(x, training=False))
+    x = tf.random.uniform((batch_size, *data.IMAGE_SHAPES[dataset]))
+    forward(x).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        forward(x).numpy()
+    return batch_size * repeats / (time.perf_counter() - start)
+
+
+def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: dict) -> dict:
+    """Estimated seconds per data set, from pass counts and measured forward throughput."""
+    settings, seconds = suite["budgets"][budget], {}
+    for spec in specs:
+        method = dict(suite["methods"][spec.method])
+        config = json.loads((REPOSITORY / method.pop("config").format(dataset=spec.dataset)).read_text())
+        options = {**config, **method, **settings["train"]}
+        units = _training_units(config, options, OFFICIAL_SIZES[spec.dataset][0] // 2)
+        units += _evaluation_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
+                                   suite["attacks"])
+        seconds[spec.dataset] = seconds.get(spec.dataset, 0.0) + units / throughput[spec.dataset]
+    for dataset in seconds:
+        seconds[dataset] += _figure_units(settings["figures"], len(suite["methods"])) / throughput[dataset]
+    return seconds
+
+
+# ---------------------------------------------------------------- figures
+class FigureCache:
+    """Figure data in `<runs>/figures.json`, written atomically, so a resumed suite skips finished curves."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.settings = path, settings
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        self.values = stored.get("values", {}) if stored.get("settings") == settings else {}
+
+    def get(self, key: str, compute):
+        if key not in self.values:
+            self.values[key] = compute()
+            atomic_write_text(self.path, json.dumps({"settings": self.settings, "values": self.values}, indent=2))
+        return self.values[key]
+
+
+def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache: dict) -> dict:
+    """Figures 1/3 (PNIL maps), 4 (EOT curve) and 5 (ε sweep) from the first fold's models."""
+    from keras_pnil import cli, evaluation, report
+    from keras_pnil.layers import find_pnil
+
+    settings = suite["budgets"][budget]["figures"]
+    cache = FigureCache(runs_dir / "figures.json", settings)
+    first_fold = suite["budgets"][budget]["folds"][0]
+    structure, paths = {}, []
+    for dataset in dict.fromkeys(s.dataset for s in specs):
+        chosen = [s for s in specs if s.dataset == dataset and s.fold == first_fold]
+        sweeps, eot_curves, epsilon = {}, {}, None
+        for spec in chosen:
+            config, model = cli._load_run(runs_dir / spec.name)
+            epsilon = config["epsilon"]
+            x, y = cli._evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
+            label = f"{spec.method.upper()}{' + PNIL' if spec.pnil else ''}"
+            eot = settings["eot"] if spec.pnil else 1
+            sweeps[label] = cache.get(f"sweep/{spec.name}", lambda: evaluation.epsilon_sweep(
+                model, x, y, [m * epsilon for m in settings["epsilon_multiples"]], settings["pgd_steps"], eot))
+            layer = find_pnil(model)
+            if layer is None:
+                continue
+            eot_curves[label] = cache.get(f"eot/{spec.name}", lambda: evaluation.eot_curve(
+                model, x, y, epsilon, settings["eot_samples"], settings["pgd_steps"]))
+            structure[spec.name] = evaluation.pnil_structure(layer, x)
+            paths.append(report.plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
+                                               title=f"{spec.name}: learned PNIL"))
+        if eot_curves:
+            paths.append(report.plot_curve(settings["eot_samples"], eot_curves, results_dir / f"fig4_eot_{dataset}.png",
+                                           "EOT samples", f"{dataset}: PGD-{settings['pgd_steps']} at ε={epsilon:.4g}",
+                                           log_x=True))
+        paths.append(report.plot_curve([m * epsilon for m in settings["epsilon_multiples"]], sweeps,
+                                       results_dir / f"fig5_epsilon_{dataset}.png", "ε",
+                                       f"{dataset}: PGD-{settings['pgd_steps']} (EOT {settings['eot']} for PNIL)"))
+    return {"structure": structure, "paths": paths, "settings": settings}
+
+
+# ---------------------------------------------------------------- the suite
+def _timed(timings: dict, key: str, fn):
+    start = time.time()
+    value = fn()
+    timings[key] = timings.get(key, 0.0) + time.time() - start
+    return value
+
+
+def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce", results_root="docs/results",
+              data_dir=None, suite_name: str = "table1") -> Path:
+    """Trains, evaluates and reports the suite's grid; returns the summary's path. Safe to rerun."""
+    import keras
+
+    from keras_pnil import cli, data, report
+
+    specs = grid(suite, budget, datasets)
+    runs_dir, results_dir = Path(runs_root) / suite_name / budget, Path(results_root) / suite_name / budget
+    for path in (runs_dir, results_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    timings_path = runs_dir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    settings, data_cache, records = suite["budgets"][budget], {}, []
+    for i, spec in enumerate(specs, 1):
+        print(f"### [{i}/{len(specs)}] {spec.name}", flush=True)
+        if spec.dataset not in data_cache:
+            data_cache[spec.dataset] = data.load_dataset(spec.dataset, data_dir)
+        keras.backend.clear_session()
+        argv = train_argv(suite, budget, spec, runs_dir / spec.name) + (["--data-dir", data_dir] if data_dir else [])
+        _timed(timings, f"train/{spec.name}", lambda: cli.train_main(argv))
+        records.append(_timed(timings, f"evaluate/{spec.name}", lambda: cli.evaluate_run(
+            runs_dir / spec.name, tuple(suite["attacks"]), settings["evaluate"], runs_dir / "evaluation",
+            data_cache, data_dir=data_dir, reuse=True)))
+        atomic_write_text(timings_path, json.dumps(timings, indent=2))
+    figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))
+    atomic_write_text(timings_path, json.dumps(timings, indent=2))
+    tables = report.write_tables(records, results_dir)
+    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs)
+    path = results_dir / "summary.md"
+    atomic_write_text(path, summary)
+    print(summary)
+    return path
