@@ -1,4 +1,4 @@
-"""Attacks: input gradients with EOT, and the evaluation attacks PGD and SPSA.
+"""Attacks: input gradients with EOT; PGD, SPSA, Auto-PGD, Square and an AutoAttack-style ensemble.
 
 Every attack is a function of a `model_fn` (a callable from inputs to
 logits), after CleverHans. `EOT` turns a model with random layers into such a
@@ -8,6 +8,7 @@ knowing about it.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import keras
@@ -238,7 +239,265 @@ def spsa(model, x, y, epsilon: float, steps: int = 100, samples: int = 2048,
     return _batched(attack, x, y, batch_size)
 
 
-ATTACKS = {"pgd": pgd, "spsa": spsa}
+# ---------------------------------------------------------------- Auto-PGD (Croce and Hein, 2020)
+def _per_draw_loss(name: str):
+    """Per-example loss to maximise from per-draw logits [S, B, C], averaged over the S draws."""
+    if name not in ("ce", "dlr"):
+        raise ValueError(f"Unknown APGD loss {name!r}; expected 'ce' or 'dlr'.")
+
+    def loss(draws, y):
+        labels = tf.broadcast_to(tf.cast(y, tf.int32)[None], tf.shape(draws)[:2])
+        if name == "ce":
+            per_draw = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=draws)
+        else:
+            # Difference of logits ratio: scale-invariant, so it survives saturated softmaxes.
+            true = tf.gather(draws, labels, batch_dims=2)
+            top = tf.sort(draws, axis=-1, direction="DESCENDING")
+            other = tf.where(tf.equal(tf.argmax(draws, -1, output_type=tf.int32), labels), top[..., 1], top[..., 0])
+            per_draw = -(true - other) / (top[..., 0] - top[..., 2] + 1e-12)
+        return tf.reduce_mean(per_draw, axis=0)
+
+    return loss
+
+
+def apgd_checkpoints(steps: int) -> np.ndarray:
+    """Iterations at which APGD reconsiders its step size: p0 = 0, p1 = 0.22, pj+1 = pj + max(pj - pj-1 - 0.03, 0.06)."""
+    fractions = [0.0, 0.22]
+    while fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06) <= 1.0:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+    return np.unique(np.ceil(np.array(fractions[1:]) * steps).astype(int))
+
+
+def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: float, rho: float):
+    """The compiled APGD loop for one batch: returns (best adversarial or highest-loss input, fooled)."""
+    loss_of = _per_draw_loss(loss)
+    checkpoints = apgd_checkpoints(steps)
+    is_checkpoint = np.zeros(steps + 1, bool)
+    is_checkpoint[checkpoints] = True
+    window = np.zeros(steps + 1, np.float32)
+    window[checkpoints] = np.diff(np.concatenate([[0], checkpoints]))
+
+    def evaluate(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            draws = model_fn.draws(x)
+            losses = loss_of(draws, y)
+            total = tf.reduce_sum(losses)  # a sum: each image's gradient is its own
+        fooled = tf.not_equal(tf.argmax(tf.reduce_mean(tf.nn.log_softmax(draws), 0), -1, output_type=tf.int32),
+                              tf.cast(y, tf.int32))
+        return losses, tape.gradient(total, x), fooled
+
+    def per_image(mask, x):
+        return tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones(tf.rank(x) - 1, tf.int32)], 0))
+
+    @tf.function
+    def attack(x, y):
+        project = lambda z: tf.clip_by_value(tf.clip_by_value(z, x - epsilon, x + epsilon), 0.0, 1.0)  # noqa: E731
+        x_k = project(x + epsilon * tf.random.uniform(tf.shape(x), -1.0, 1.0))
+        loss_k, grad, fooled = evaluate(x_k, y)
+        best_adv = tf.where(per_image(fooled, x), x_k, x)
+        ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
+        eta = tf.fill(tf.shape(loss_k), 2.0 * epsilon)
+        x_prev, increases = x_k, tf.zeros_like(loss_k)
+        eta_at_check, best_at_check = eta, loss_best
+        for k in tf.range(steps):
+            z = project(x_k + per_image(eta, x) * tf.sign(grad))
+            # The first step has no momentum (x_prev = x_k).
+            x_next = project(x_k + momentum * (z - x_k) + (1.0 - momentum) * (x_k - x_prev))
+            loss_next, grad_next, fooled = evaluate(x_next, y)
+            best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
+            ever_fooled |= fooled
+            increases += tf.cast(loss_next > loss_k, tf.float32)
+            improved = loss_next > loss_best
+            x_best = tf.where(per_image(improved, x), x_next, x_best)
+            grad_best = tf.where(per_image(improved, x), grad_next, grad_best)
+            loss_best = tf.where(improved, loss_next, loss_best)
+            x_prev, x_k, loss_k, grad = x_k, x_next, loss_next, grad_next
+            if tf.gather(is_checkpoint, k + 1):
+                # Halve the step where progress stalled, restarting from the best point.
+                stalled = ((increases < rho * tf.gather(window, k + 1))
+                           | ((eta == eta_at_check) & (loss_best <= best_at_check)))
+                eta = tf.where(stalled, eta / 2.0, eta)
+                x_k = tf.where(per_image(stalled, x), x_best, x_k)
+                grad = tf.where(per_image(stalled, x), grad_best, grad)
+                increases, eta_at_check, best_at_check = tf.zeros_like(increases), eta, loss_best
+        return tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
+
+    return attack
+
+
+def apgd(model, x, y, epsilon: float, steps: int = 100, loss: str = "ce", restarts: int = 1,
+         eot_samples: int = 1, momentum: float = 0.75, rho: float = 0.75, batch_size: int = 500,
+         seed: int | None = None) -> np.ndarray:
+    """Auto-PGD (Croce and Hein, 2020), untargeted L∞, with EOT gradients on random models.
+
+    Step size 2ε halved at the paper's checkpoints when fewer than `rho` of
+    the steps since the last checkpoint raised the loss or the best loss has
+    not moved (then restarting from the best point); momentum 0.75. `loss` is
+    "ce" (cross-entropy) or "dlr" (difference of logits ratio), both averaged
+    over `eot_samples` noise draws, as is the prediction that decides success.
+    Restarts run on the images not yet fooled. Returns, per image, the first
+    misclassified input found, else the one with the highest loss.
+    """
+    _check_attack_args(x, y, epsilon)
+    for name, value in (("steps", steps), ("restarts", restarts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
+    _per_draw_loss(loss)
+    if seed is not None:
+        tf.random.set_seed(seed)
+    model_fn = EOT(model, eot_samples)
+    attack = _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    x_adv, fooled = x.copy(), np.zeros(len(x), bool)
+    step = max(1, batch_size // model_fn.samples)
+    for _ in range(restarts):
+        todo = np.flatnonzero(~fooled)
+        for i in range(0, len(todo), step):
+            idx = todo[i:i + step]
+            adv, hit = attack(tf.constant(x[idx]), tf.constant(y[idx]))
+            x_adv[idx], fooled[idx] = adv.numpy(), hit.numpy()
+    return x_adv
+
+
+# ---------------------------------------------------------------- Square (Andriushchenko et al., 2020)
+def _square_fraction(p_init: float, query, queries: int):
+    """The paper's schedule: the square's pixel fraction halves at fixed fractions of a 10,000-query run."""
+    boundaries = tf.constant([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000], tf.float32)
+    halvings = tf.reduce_sum(tf.cast(tf.cast(query, tf.float32) * 10000.0 / queries > boundaries, tf.float32))
+    return p_init / tf.pow(2.0, halvings)
+
+
+def _margin(model_fn: EOT):
+    """log p(y) - max other log p, of the EOT mean log-probabilities: > 0 while the image is classified right."""
+    def margin(x, y):
+        logp = model_fn(x)
+        true = tf.gather(logp, y, batch_dims=1)
+        others = tf.where(tf.one_hot(y, tf.shape(logp)[-1]) > 0, -np.inf, logp)
+        return true - tf.reduce_max(others, axis=-1)
+
+    return margin
+
+
+def _square_graph(model_fn: EOT, epsilon: float, queries: int, p_init: float):
+    margin_of = _margin(model_fn)
+
+    @tf.function
+    def attack(x, y):
+        batch, height, width = tf.unstack(tf.shape(x)[:3])
+        channels = x.shape[-1]  # static, so the loop keeps x_best's shape
+        signs = lambda shape: tf.sign(tf.random.uniform(shape, -1.0, 1.0))  # noqa: E731
+        # Start: vertical stripes of ±ε, one sign per column and channel.
+        delta = epsilon * signs([batch, 1, width, channels])
+        x_best = tf.clip_by_value(x + delta, 0.0, 1.0)
+        margin = margin_of(x_best, y)
+        rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
+        for query in tf.range(1, queries):
+            if tf.reduce_all(margin <= 0.0):
+                break
+            side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, queries)
+                                            * tf.cast(height * width, tf.float32))), tf.int32)
+            side = tf.clip_by_value(side, 1, height - 1)
+            top = tf.random.uniform([batch, 1, 1], 0, height - side + 1, tf.int32)
+            left = tf.random.uniform([batch, 1, 1], 0, width - side + 1, tf.int32)
+            window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+            # A fresh ±ε per channel over the square, for the images not yet fooled.
+            candidate = tf.where(window[..., None], epsilon * signs([batch, 1, 1, channels]), x_best - x)
+            x_new = tf.clip_by_value(x + candidate, 0.0, 1.0)
+            margin_new = margin_of(x_new, y)
+            accept = (margin_new < margin) & (margin > 0.0)
+            x_best = tf.where(accept[:, None, None, None], x_new, x_best)
+            margin = tf.where(accept, margin_new, margin)
+        return x_best
+
+    return attack
+
+
+def square(model, x, y, epsilon: float, queries: int = 5000, p_init: float = 0.8, eot_samples: int = 1,
+           batch_size: int = 500, seed: int | None = None) -> np.ndarray:
+    """The Square attack (Andriushchenko et al., 2020), L∞, untargeted, score-based and gradient-free.
+
+    Random ±ε vertical stripes to start, then one random square window per
+    query (its side shrinking on the paper's schedule from `p_init` of the
+    image) set to a fresh ±ε per channel, kept only if it lowers the margin
+    loss. Every score is the EOT mean over `eot_samples` noise draws, so on a
+    random model the greedy acceptance follows the expected score and not one
+    draw's luck. Images already misclassified stop moving; the batch stops
+    when all are. Expects NHWC images.
+    """
+    _check_attack_args(x, y, epsilon)
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise ValueError(f"queries must be an integer >= 1; got {queries!r}.")
+    if not 0.0 < p_init <= 1.0:
+        raise ValueError(f"p_init must lie in (0, 1]; got {p_init!r}.")
+    if np.ndim(x) != 4:
+        raise ValueError(f"square expects NHWC image batches; got shape {np.shape(x)}.")
+    if seed is not None:
+        tf.random.set_seed(seed)
+    model_fn = EOT(model, eot_samples)
+    return _batched(_square_graph(model_fn, epsilon, queries, p_init), x, y,
+                    max(1, batch_size // model_fn.samples))
+
+
+# ---------------------------------------------------------------- the AutoAttack-style ensemble
+def _classified_right(model_fn: EOT, x, y, batch_size: int = 500) -> np.ndarray:
+    """Per image: does the EOT prediction (mean log-probabilities over the draws) name the label?"""
+    step = max(1, batch_size // model_fn.samples)
+    predictions = [np.argmax(model_fn(tf.constant(x[i:i + step])).numpy(), -1) for i in range(0, len(x), step)]
+    return np.concatenate(predictions) == y if predictions else np.zeros(0, bool)
+
+
+def autoattack(model, x, y, epsilon: float, version: str | None = None, steps: int = 100, queries: int = 5000,
+               eot_samples: int = 20, batch_size: int = 500, seed: int | None = 0):
+    """An AutoAttack-style ensemble (Croce and Hein, 2020) for Keras models; returns `(x_adv, report)`.
+
+    `standard` runs APGD-CE, APGD-DLR and Square (`queries`) in turn, each on
+    the images the previous ones left classified right; `rand`, the default
+    for models with a random layer, runs APGD-CE and APGD-DLR with
+    `eot_samples` EOT draws (AutoAttack's 20 by default). An image counts as
+    right when the EOT prediction names its label. `x_adv` holds, per image,
+    the first input that broke it, else the last attempt; `report` gives the
+    clean and per-stage robust accuracy and `broken_by` (the attack's name,
+    "clean" if misclassified from the start, None if it survived).
+    """
+    _check_attack_args(x, y, epsilon)
+    version = version or ("rand" if has_random_layer(model) else "standard")
+    if version not in ("standard", "rand"):
+        raise ValueError(f"Unknown AutoAttack version {version!r}; expected 'standard' or 'rand'.")
+    eot = eot_samples if version == "rand" and has_random_layer(model) else 1
+    stages = {"apgd-ce": lambda xs, ys: apgd(model, xs, ys, epsilon, steps, "ce", eot_samples=eot,
+                                               batch_size=batch_size, seed=seed),
+              "apgd-dlr": lambda xs, ys: apgd(model, xs, ys, epsilon, steps, "dlr", eot_samples=eot,
+                                                batch_size=batch_size, seed=seed)}
+    if version == "standard":
+        stages["square"] = lambda xs, ys: square(model, xs, ys, epsilon, queries, eot_samples=eot,
+                                                 batch_size=batch_size, seed=seed)
+    model_fn = EOT(model, eot)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    x_adv, right = x.copy(), _classified_right(model_fn, x, y, batch_size)
+    broken_by = np.where(right, None, "clean").astype(object)
+    report = {"version": version, "eot_samples": eot, "clean": float(right.mean()), "after": {}}
+    for name, run in stages.items():
+        idx = np.flatnonzero(right)
+        if len(idx):
+            x_adv[idx] = run(x[idx], y[idx])
+            broken = idx[~_classified_right(model_fn, x_adv[idx], y[idx], batch_size)]
+            broken_by[broken], right[broken] = name, False
+        report["after"][name] = float(right.mean())
+    report["robust_accuracy"] = float(right.mean())
+    report["broken_by"] = broken_by.tolist()
+    return x_adv, report
+
+
+ATTACKS = {
+    "pgd": pgd,
+    "spsa": spsa,
+    "apgd-ce": functools.partial(apgd, loss="ce"),
+    "apgd-dlr": functools.partial(apgd, loss="dlr"),
+    "square": square,
+    "autoattack": autoattack,
+}
+GRADIENT_FREE = ("spsa", "square")
 
 
 def get_attack(name: str):

@@ -16,11 +16,12 @@ from keras_pnil.callbacks import atomic_write_text
 
 BUDGETS = {
     # Sized for a 2-core CPU: a labelled reduction of the paper's protocol.
-    "quick": dict(pgd_steps=20, spsa_steps=10, spsa_samples=64, spsa_images=100, eot_samples=4,
-                  accuracy_draws=5, num_images=500),
-    # The paper's protocol (Section 4): PGD-50, SPSA 100 × 2048 on 1000 images, EOT 100.
-    "paper": dict(pgd_steps=50, spsa_steps=100, spsa_samples=2048, spsa_images=1000, eot_samples=100,
-                  accuracy_draws=10, num_images=5000),
+    "quick": dict(pgd_steps=20, spsa_steps=10, spsa_samples=64, spsa_images=100, apgd_steps=20,
+                  square_queries=300, eot_samples=4, accuracy_draws=5, num_images=500),
+    # The paper's protocol (Section 4): PGD-50, SPSA 100 × 2048 on 1000 images, EOT 100; APGD and
+    # Square (used by --attacks apgd-ce,apgd-dlr,square,autoattack and the masking checks) at AutoAttack's.
+    "paper": dict(pgd_steps=50, spsa_steps=100, spsa_samples=2048, spsa_images=1000, apgd_steps=100,
+                  square_queries=5000, eot_samples=100, accuracy_draws=10, num_images=5000),
 }
 
 
@@ -157,13 +158,16 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="paper",
                    help="preset attack budget; the flags below override it")
-    p.add_argument("--attacks", default="pgd,spsa", help="comma-separated: pgd, spsa")
+    p.add_argument("--attacks", default="pgd,spsa",
+                   help="comma-separated: pgd, spsa, apgd-ce, apgd-dlr, square, autoattack (default: the paper's)")
     p.add_argument("--epsilon", type=parse_epsilon, default=None, help="default: the run's training ε")
     p.add_argument("--eot-samples", type=int, help="EOT samples for models with a random layer")
     p.add_argument("--pgd-steps", type=int)
     p.add_argument("--spsa-steps", type=int)
     p.add_argument("--spsa-samples", type=int)
-    p.add_argument("--spsa-images", type=int, help="SPSA's seeded subset (paper: 1000)")
+    p.add_argument("--spsa-images", type=int, help="the seeded subset for SPSA, Square and autoattack (paper: 1000)")
+    p.add_argument("--apgd-steps", type=int)
+    p.add_argument("--square-queries", type=int)
     p.add_argument("--num-images", type=int, help="test images (from the half not used for validation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for the tables, results and figures")
@@ -205,7 +209,8 @@ def _evaluation_images(config, data_cache, num_images: int, seed: int):
 
 def _budget(args) -> dict:
     budget = dict(BUDGETS[args.budget])
-    for key in ("eot_samples", "pgd_steps", "spsa_steps", "spsa_samples", "spsa_images", "num_images"):
+    for key in ("eot_samples", "pgd_steps", "spsa_steps", "spsa_samples", "spsa_images", "apgd_steps",
+                "square_queries", "num_images"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
     return budget

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from keras_pnil.attacks import get_attack, pgd
+from keras_pnil.attacks import GRADIENT_FREE, get_attack, pgd, square
 from keras_pnil.layers import LOG_VARIANCE_RANGE, has_random_layer
 
 # Absolute accuracy margins (fractions) behind the gradient-masking checks.
@@ -61,6 +61,8 @@ class Budget:
     spsa_images: int = 1000
     spsa_learning_rate: float = 0.01
     spsa_delta: float = 0.01
+    apgd_steps: int = 100
+    square_queries: int = 5000
     eot_samples: int = 1
     accuracy_draws: int = 10
     epochs: int | None = None
@@ -74,7 +76,8 @@ class Budget:
         label = "paper protocol" if self.is_paper_protocol() else "REDUCED budget (not the paper's protocol)"
         return (f"{label}: ε={self.epsilon:.4g}, {self.num_images} test images "
                 f"(SPSA on {min(self.spsa_images, self.num_images)}), PGD {self.pgd_steps} steps, "
-                f"SPSA {self.spsa_steps} steps × {self.spsa_samples} samples, "
+                f"SPSA {self.spsa_steps} steps × {self.spsa_samples} samples, APGD {self.apgd_steps} steps, "
+                f"Square {self.square_queries} queries, "
                 f"EOT {self.eot_samples} samples, accuracy over {self.accuracy_draws} draws"
                 + (f", {self.epochs} training epochs" if self.epochs is not None else ""))
 
@@ -95,24 +98,36 @@ class RobustnessResult:
         return asdict(self)
 
 
-def _run_attack(name, model, x, y, budget: Budget):
-    attack = get_attack(name)
-    if name == "pgd":
-        return attack(model, x, y, budget.epsilon, steps=budget.pgd_steps,
-                      step_size=budget.pgd_step_size, eot_samples=budget.eot_samples)
-    return attack(model, x, y, budget.epsilon, steps=budget.spsa_steps, samples=budget.spsa_samples,
-                  learning_rate=budget.spsa_learning_rate, delta=budget.spsa_delta,
-                  eot_samples=budget.eot_samples)
+# Attacks cheap enough to run on every image; the others run on the seeded subset.
+FULL_SET_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr")
+
+
+def _attack_options(name: str, budget: Budget) -> dict:
+    options = {
+        "pgd": dict(steps=budget.pgd_steps, step_size=budget.pgd_step_size),
+        "spsa": dict(steps=budget.spsa_steps, samples=budget.spsa_samples,
+                     learning_rate=budget.spsa_learning_rate, delta=budget.spsa_delta),
+        "square": dict(queries=budget.square_queries),
+        "autoattack": dict(steps=budget.apgd_steps, queries=budget.square_queries),
+    }
+    return {**options.get(name, dict(steps=budget.apgd_steps)), "eot_samples": budget.eot_samples}
+
+
+def _run_attack(name, model, x, y, budget: Budget) -> np.ndarray:
+    x_adv = get_attack(name)(model, x, y, budget.epsilon, **_attack_options(name, budget))
+    return x_adv[0] if isinstance(x_adv, tuple) else x_adv  # autoattack also returns its report
 
 
 def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: int = 0,
                checks: bool = True, progress=print, **budget_options) -> RobustnessResult:
     """Accuracy under each attack, the effective robustness (Min) and the per-example worst case.
 
-    PGD runs on all of `x`; SPSA (and the worst case) on a seeded random subset
-    of `spsa_images` images, whose indices are returned. Keyword options set
-    the `Budget` (pgd_steps, spsa_samples, eot_samples, ...); for a model with a
-    random layer `eot_samples` should be > 1 (the paper uses 100).
+    Attacks: "pgd", "spsa", "apgd-ce", "apgd-dlr", "square", "autoattack".
+    PGD and APGD run on all of `x`; the others (and the worst case) on a seeded
+    random subset of `spsa_images` images, whose indices are returned. Keyword
+    options set the `Budget` (pgd_steps, spsa_samples, apgd_steps,
+    square_queries, eot_samples, ...); for a model with a random layer
+    `eot_samples` should be > 1 (the paper uses 100).
     """
     for name in attacks:
         get_attack(name)  # unknown names fail before any work is done
@@ -123,7 +138,7 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
     subset = np.sort(rng.choice(len(x), size=min(budget.spsa_images, len(x)), replace=False))
     correct = {"clean": per_example_correct(model, x, y, draws)}
     for name in attacks:
-        idx = subset if name != "pgd" else np.arange(len(x))
+        idx = np.arange(len(x)) if name in FULL_SET_ATTACKS else subset
         progress(f"[{name}] attacking {len(idx)} images ...")
         x_adv = _run_attack(name, model, x[idx], y[idx], budget)
         full = np.full(len(x), np.nan)
@@ -148,26 +163,36 @@ def _check(name: str, value: float, flagged: bool, detail: str) -> dict:
 def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, progress=print) -> list:
     """Carlini et al.'s sanity checks, each a dict with `flagged` (True = sign of masking).
 
-    1. A gradient-free attack beating PGD by more than `GRADIENT_FREE_MARGIN`
-       on the same images: the gradients mislead PGD.
+    1. A gradient-free attack (SPSA, and Square as a second witness, run here
+       with `square_queries` if it was not among the attacks) beating the
+       strongest gradient attack by more than `GRADIENT_FREE_MARGIN` on the
+       same images: the gradients mislead the gradient attacks.
     2. PGD at ε = 0.5 (half the pixel range: any image can be turned into
        grey) must reach near-zero accuracy; above `LARGE_EPSILON_CEILING`,
        the gradient attack is not working.
     3. Doubling PGD's steps and EOT samples must not lower accuracy by more
        than `CONVERGENCE_MARGIN`; otherwise the reported PGD is not converged.
     """
-    results = []
-    pgd_on_subset = float(np.mean(correct["pgd"][subset])) if "pgd" in correct else None
-    for name in (n for n in correct if n not in ("clean", "pgd")):
-        gap = pgd_on_subset - float(np.mean(correct[name][subset])) if pgd_on_subset is not None else 0.0
-        results.append(_check(f"{name} vs pgd", -gap, gap > GRADIENT_FREE_MARGIN,
-                              f"{name} accuracy minus PGD's on the same {len(subset)} images: {-gap:+.3f}"))
-    eot = budget.eot_samples
+    results, eot = [], budget.eot_samples
+    if "square" not in correct:
+        progress(f"[checks] Square ({budget.square_queries} queries) as a gradient-free witness ...")
+        x_square = square(model, x, y, budget.epsilon, budget.square_queries, eot_samples=eot)
+        correct = {**correct, "square": np.full(len(correct["clean"]), np.nan)}
+        correct["square"][subset] = per_example_correct(model, x_square, y, budget.accuracy_draws)
+    gradient = [n for n in correct if n in FULL_SET_ATTACKS]
+    if gradient:
+        strongest = min(gradient, key=lambda n: np.mean(correct[n][subset]))
+        best = float(np.mean(correct[strongest][subset]))
+        for name in (n for n in correct if n in GRADIENT_FREE):
+            gap = best - float(np.mean(correct[name][subset]))
+            results.append(_check(f"{name} vs {strongest}", -gap, gap > GRADIENT_FREE_MARGIN,
+                                  f"{name} accuracy minus {strongest}'s on the same {len(subset)} images: {-gap:+.3f}"))
     progress("[checks] PGD at ε = 0.5 and with doubled steps/EOT ...")
     large = _accuracy_after_pgd(model, x, y, 0.5, budget.pgd_steps, eot, budget.accuracy_draws)
     results.append(_check("large-ε PGD", large, large > LARGE_EPSILON_CEILING,
                           f"PGD accuracy at ε=0.5 is {large:.3f} (should be near 0)"))
-    if pgd_on_subset is not None:
+    if "pgd" in correct:
+        pgd_on_subset = float(np.mean(correct["pgd"][subset]))
         doubled = _accuracy_after_pgd(model, x, y, budget.epsilon, 2 * budget.pgd_steps,
                                       2 * eot if has_random_layer(model) else 1,
                                       budget.accuracy_draws, budget.pgd_step_size)

@@ -11,7 +11,7 @@ from keras_pnil import report
 from keras_pnil.stats import corrected_resampled_ttest, mean_std
 
 TINY = dict(pgd_steps=10, spsa_steps=20, spsa_samples=128, spsa_images=40, accuracy_draws=2,
-            spsa_learning_rate=0.05, spsa_delta=0.05)
+            spsa_learning_rate=0.05, spsa_delta=0.05, square_queries=200)
 
 
 def test_robustness_reports_min_worst_case_and_flags_masking(masked_model, mnist):
@@ -21,7 +21,8 @@ def test_robustness_reports_min_worst_case_and_flags_masking(masked_model, mnist
     assert result.worst_case <= min(result.attacks["spsa"], result.clean) + 1e-9
     assert len(result.subset_indices) == 40
     flags = {c["check"]: c["flagged"] for c in result.checks}
-    assert flags["spsa vs pgd"] and flags["large-ε PGD"]  # zero gradients: PGD cannot even reach ε = 0.5
+    # Zero gradients: PGD cannot even reach ε = 0.5, and both gradient-free witnesses see through it.
+    assert flags["spsa vs pgd"] and flags["square vs pgd"] and flags["large-ε PGD"]
     again = kp.evaluation.robustness(masked_model, xt[:80], yt[:80], 0.3, attacks=("pgd",), seed=1,
                                      checks=False, progress=lambda m: None, **TINY)
     assert again.subset_indices == result.subset_indices
