@@ -13,7 +13,8 @@ import numpy as np
 from keras_pnil.callbacks import atomic_write_text
 from keras_pnil.stats import ALPHA, corrected_resampled_ttest, mean_std
 
-COLUMNS = ("clean", "spsa", "pgd", "min")
+COLUMNS = ("clean", "spsa", "pgd", "min")  # the paper's; other attacks get columns before Min
+ATTACK_COLUMNS = ("spsa", "pgd", "apgd-ce", "apgd-dlr", "square", "autoattack")
 DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 # Table 1 of Schwinn et al. (percent, mean ± std over 5×2 folds): (clean, spsa, pgd, min).
@@ -38,11 +39,17 @@ def _cell(values) -> str:
     return f"{mean:.0f}±{std:.0f}"
 
 
+def columns(records) -> tuple:
+    """clean, the attacks present (the paper's SPSA and PGD always), Min."""
+    present = [a for a in ATTACK_COLUMNS if a in ("spsa", "pgd") or any(a in r for r in records)]
+    return ("clean", *present, "min")
+
+
 def _group(records):
     """{(dataset, pnil, method): {column: [per-fold values]}} in fold order."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in sorted(records, key=lambda r: (r.get("repetition", 0), r.get("fold", 0))):
-        for column in COLUMNS:
+        for column in columns(records):
             if r.get(column) is not None:
                 groups[(r["dataset"], bool(r["pnil"]), r["method"])][column].append(r[column])
     return groups
@@ -63,20 +70,22 @@ def table_rows(records) -> tuple[list[str], list[list[str]]]:
     """Header and rows: ours (mean ± std %) with the paper's row below each; Min marked, * = significant."""
     groups, tests = _group(records), significance(records)
     methods = sorted({m for _, _, m in groups}, key=lambda m: ("rfgsm", "nfgsm").index(m) if m in ("rfgsm", "nfgsm") else 9)
+    shown = columns(records)
     header = ["data set", "model", "source"] + [f"{m.upper()} {c.capitalize() if c in ('clean', 'min') else c.upper()}"
-                                                for m in methods for c in COLUMNS]
+                                                for m in methods for c in shown]
     rows = []
     for dataset, pnil in sorted({(d, p) for d, p, _ in groups}):
         ours, paper = [], []
         for method in methods:
             cols = groups.get((dataset, pnil, method), {})
             significant = tests.get((dataset, method), (0, 1))[1] < ALPHA
-            for column in COLUMNS:
+            published = dict(zip(COLUMNS, PAPER_TABLE1.get((dataset, pnil, method), ("–",) * 4)))
+            for column in shown:
                 text = _cell(cols[column]) if cols.get(column) else "–"
                 if column == "min" and cols.get(column):
                     text = f"**{text.replace('±', '*±' if significant else '±')}**"
                 ours.append(text)
-            paper.extend(PAPER_TABLE1.get((dataset, pnil, method), ("–",) * 4))
+                paper.append(published.get(column, "–"))
         model = "+ PNIL" if pnil else "baseline"
         title = DATASET_TITLES.get(dataset, dataset)
         rows.append([title, model, "ours"] + ours)
@@ -214,10 +223,7 @@ def _percent(value) -> str:
 
 def runs_markdown(records) -> str:
     """One row per run: accuracies and the masking checks (⚠ = flagged)."""
-    attacks = [c for c in ("pgd", "spsa") if any(c in r for r in records)]
-    extra = sorted({k for r in records for k in r} - set(COLUMNS) - {
-        "dataset", "method", "pnil", "run", "worst_case", "n_train", "n_test", "fold", "budget", "checks"})
-    names = attacks + extra
+    names = [c for c in ATTACK_COLUMNS if any(c in r for r in records)]
     lines = ["| run | clean | " + " | ".join(n.upper() for n in names) + " | Min | worst case | masking checks |",
              "|---|" + "---|" * (len(names) + 4)]
     for r in records:

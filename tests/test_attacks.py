@@ -98,3 +98,76 @@ def test_bad_attack_arguments_are_rejected(trained_pair, mnist):
         kp.attacks.spsa(model, xt[:2] * 255, yt[:2], 0.1)
     with pytest.raises(ValueError, match="differ in length"):
         kp.attacks.pgd(model, xt[:2], yt[:3], 0.1)
+
+
+def test_apgd_checkpoints_follow_the_papers_schedule():
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (steps of max(previous step - 0.03, 0.06)).
+    assert kp.attacks.apgd_checkpoints(100).tolist() == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert kp.attacks.apgd_checkpoints(1000).tolist()[:3] == [220, 410, 570]
+    assert kp.attacks.apgd_checkpoints(20).max() <= 20
+
+
+@pytest.mark.parametrize("attack, kwargs", [
+    ("apgd-ce", {"steps": 5}), ("apgd-dlr", {"steps": 5}), ("square", {"queries": 30}),
+    ("autoattack", {"steps": 3, "queries": 20})])
+def test_new_attacks_stay_in_the_eps_ball_and_pixel_range(attack, kwargs, trained_pair, mnist):
+    _, (xt, yt) = mnist
+    x_adv = kp.attacks.get_attack(attack)(trained_pair[True], xt[:20], yt[:20], 0.1, eot_samples=2, **kwargs)
+    x_adv = x_adv[0] if isinstance(x_adv, tuple) else x_adv
+    assert x_adv.shape == xt[:20].shape
+    assert np.abs(x_adv - xt[:20]).max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_apgd_is_at_least_as_strong_as_pgd(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    model, x, y, eps = trained_pair[False], xt[:300], yt[:300], 0.1
+    pgd_acc = kp.evaluation.accuracy(model, kp.attacks.pgd(model, x, y, eps, steps=20), y)
+    ce_acc = kp.evaluation.accuracy(model, kp.attacks.apgd(model, x, y, eps, steps=20, seed=0), y)
+    dlr_acc = kp.evaluation.accuracy(model, kp.attacks.apgd(model, x, y, eps, steps=20, loss="dlr", seed=0), y)
+    clean = kp.evaluation.accuracy(model, x, y)
+    assert ce_acc <= pgd_acc + 0.02 and dlr_acc <= pgd_acc + 0.05  # 300 images: ±0.02-0.03 noise
+    assert ce_acc < clean - 0.2
+
+
+def test_square_with_eot_beats_square_without_on_a_very_noisy_model(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    model = trained_pair[True]
+    layer = model.get_layer("pnil")
+    trained_bias = layer.bias.numpy()
+    layer.bias.assign(np.full((28, 28, 1), -1.4, np.float32))  # σ = 0.5 on every pixel
+    try:
+        x, y = xt[:100], yt[:100]
+        acc = {e: kp.evaluation.accuracy(model, kp.attacks.square(model, x, y, 0.2, 200, eot_samples=e, seed=0),
+                                         y, draws=16) for e in (1, 8)}
+    finally:
+        layer.bias.assign(trained_bias)
+    print("Square accuracy by EOT samples", acc)
+    # Without EOT, greedy acceptance keeps lucky draws and then stalls against them.
+    assert acc[8] < acc[1] - 0.03
+
+
+def test_autoattack_reports_what_square_finds_on_a_masked_model(masked_model, mnist):
+    _, (xt, yt) = mnist
+    x, y, eps = xt[:60], yt[:60], 0.3
+    x_adv, report = kp.attacks.autoattack(masked_model, x, y, eps, steps=10, queries=300)
+    assert report["version"] == "standard"
+    square_acc = kp.evaluation.accuracy(masked_model, kp.attacks.square(masked_model, x, y, eps, 300), y)
+    apgd_acc = kp.evaluation.accuracy(masked_model, kp.attacks.apgd(masked_model, x, y, eps, steps=10), y)
+    assert apgd_acc > 0.5  # zero gradients defeat APGD ...
+    assert report["robust_accuracy"] <= square_acc + 0.05 < apgd_acc - 0.3  # ... and Square does the breaking
+    assert report["broken_by"].count("square") > report["broken_by"].count("apgd-ce")
+    assert kp.evaluation.accuracy(masked_model, x_adv, y) == pytest.approx(report["robust_accuracy"])
+    assert report["after"]["square"] == report["robust_accuracy"] <= report["after"]["apgd-dlr"] <= report["clean"]
+
+
+def test_autoattack_defaults_to_the_rand_version_for_random_models(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    _, report = kp.attacks.autoattack(trained_pair[True], xt[:10], yt[:10], 0.1, steps=2, eot_samples=2)
+    assert report["version"] == "rand" and list(report["after"]) == ["apgd-ce", "apgd-dlr"]
+    assert report["eot_samples"] == 2 and len(report["broken_by"]) == 10
+    with pytest.raises(ValueError, match="Unknown AutoAttack version 'plus'"):
+        kp.attacks.autoattack(trained_pair[True], xt[:2], yt[:2], 0.1, version="plus")
+    with pytest.raises(ValueError, match="Unknown APGD loss 'hinge'"):
+        kp.attacks.apgd(trained_pair[True], xt[:2], yt[:2], 0.1, loss="hinge")
+    with pytest.raises(ValueError, match="queries must be an integer"):
+        kp.attacks.square(trained_pair[True], xt[:2], yt[:2], 0.1, queries=0)

@@ -115,13 +115,17 @@ def test_evaluate_command_prints_the_table_and_rejects_bad_runs(trained_pair, tm
                                                  "epsilon": 8 / 255, "epochs": 2, "validation_indices": []}))
     cmd = [sys.executable, "-c", "import sys; from keras_pnil.cli import evaluate_main; sys.exit(evaluate_main())",
            str(run), "--data-dir", str(data_dir), "--budget", "quick", "--num-images", "40", "--spsa-images", "10",
-           "--pgd-steps", "5", "--spsa-steps", "2", "--spsa-samples", "16", "--eot-samples", "2", "--out", str(tmp_path / "eval")]
+           "--pgd-steps", "5", "--spsa-steps", "2", "--spsa-samples", "16", "--eot-samples", "2", "--out", str(tmp_path / "eval"),
+           "--attacks", "pgd,spsa,apgd-dlr,square", "--apgd-steps", "3", "--square-queries", "30"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| MNIST | + PNIL | ours |" in done.stdout and "REDUCED budget" in done.stdout
+    assert "NFGSM APGD-DLR | NFGSM SQUARE | NFGSM Min |" in done.stdout
     assert (tmp_path / "eval" / "table1.md").exists() and (tmp_path / "eval" / "run_pnil.png").exists()
     result = json.loads((tmp_path / "eval" / "run.json").read_text())
     assert result["budget"]["pgd_steps"] == 5 and result["budget"]["eot_samples"] == 2
+    assert result["effective"] == min(result["attacks"].values()) and set(result["attacks"]) == {
+        "pgd", "spsa", "apgd-dlr", "square"}
     bad = subprocess.run(cmd[:3] + [str(tmp_path), "--out", str(tmp_path / "e2")], capture_output=True, text=True)
     assert bad.returncode != 0 and "not a finished training run" in bad.stderr
     unknown = subprocess.run(cmd + ["--attacks", "pgd,cw"], capture_output=True, text=True)

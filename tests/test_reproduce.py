@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from keras_pnil import cli, reproduce
+
+TINY_SUITE = {
+    "title": "tiny grid", "datasets": {"mnist": {}, "fashion_mnist": {}},
+    "methods": {"nfgsm": {"config": "train/{dataset}_nfgsm.json"}}, "pnil": [False, True],
+    "attacks": ["pgd", "spsa"],
+    "budgets": {"tiny": {
+        "about": "a test budget", "folds": [0, 1],
+        "train": {"train_size": 300, "epochs": 1, "validation_size": 100, "monitor_images": 20},
+        "evaluate": {"num_images": 20, "pgd_steps": 3, "spsa_steps": 2, "spsa_samples": 8, "spsa_images": 10,
+                     "square_queries": 10, "eot_samples": 2, "accuracy_draws": 2},
+        "figures": {"images": 10, "pgd_steps": 2, "eot_samples": [1, 2], "eot": 2, "epsilon_multiples": [1, 2]}}},
+}
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_SUITE))
+    return path
+
+
+def test_grid_and_train_arguments_follow_the_suite(suite_file, tmp_path):
+    suite = reproduce.load_suite(str(suite_file))
+    specs = reproduce.grid(suite, "tiny", ["mnist"])
+    assert [s.name for s in specs] == ["mnist-nfgsm-baseline-fold0", "mnist-nfgsm-baseline-fold1",
+                                       "mnist-nfgsm-pnil-fold0", "mnist-nfgsm-pnil-fold1"]
+    argv = reproduce.train_argv(suite, "tiny", specs[2], tmp_path / "run")
+    assert argv[argv.index("--fold") + 1] == "0" and "--pnil" in argv and "--no-pnil" not in argv
+    assert argv[argv.index("--train-size") + 1] == "300" and argv[1].endswith("train/mnist_nfgsm.json")
+    assert len(reproduce.grid(reproduce.load_suite("table1"), "paper")) == 3 * 2 * 2 * 10
+
+
+def test_suite_errors_name_the_problem(suite_file, tmp_path, capsys):
+    with pytest.raises(reproduce.SuiteError, match="has no budget 'huge'"):
+        reproduce.grid(reproduce.load_suite(str(suite_file)), "huge")
+    with pytest.raises(reproduce.SuiteError, match=r"unknown data set\(s\) \['svhn'\]"):
+        reproduce.grid(reproduce.load_suite(str(suite_file)), "tiny", ["svhn"])
+    with pytest.raises(reproduce.SuiteError, match="cannot read suite"):
+        reproduce.load_suite("no_such_suite")
+    with pytest.raises(SystemExit, match="has no budget"):
+        cli.reproduce_main(["--suite", str(suite_file), "--budget", "huge"])
+
+
+def test_paper_budget_cost_is_estimated_before_starting(capsys):
+    assert cli.reproduce_main(["--budget", "paper", "--datasets", "mnist", "--estimate-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "estimate: mnist: 40 runs, about" in printed
+    suite = reproduce.load_suite("table1")
+    throughput = {"mnist": 1000.0}
+    quick = reproduce.estimate_cost(suite, "quick", reproduce.grid(suite, "quick", ["mnist"]), throughput)
+    paper = reproduce.estimate_cost(suite, "paper", reproduce.grid(suite, "paper", ["mnist"]), throughput)
+    assert paper["mnist"] > 100 * quick["mnist"]
+
+
+def test_reproduce_writes_tables_and_figures_and_resumes(suite_file, tmp_path, data_dir):
+    argv = ["--suite", str(suite_file), "--budget", "tiny", "--datasets", "mnist", "--data-dir", str(data_dir),
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    assert cli.reproduce_main(argv) == 0
+    results = tmp_path / "results" / "tiny" / "tiny"
+    summary = (results / "summary.md").read_text()
+    assert "| MNIST | + PNIL | ours |" in summary and "| MNIST | baseline | paper | 98±0 | 23±36 |" in summary
+    assert "REDUCED budget" in summary and "EOT 2 samples" in summary and "Does the PNIL learn structure?" in summary
+    for figure in ("fig1_pnil_mnist_nfgsm.png", "fig4_eot_mnist.png", "fig5_epsilon_mnist.png"):
+        assert (results / figure).stat().st_size > 5000
+    table = json.loads((results / "table1.json").read_text())
+    assert sorted(r["fold"] for r in table["records"]) == [0, 0, 1, 1]
+    # A second run trains and evaluates nothing: finished runs and evaluations are reused.
+    runs = tmp_path / "runs" / "tiny" / "tiny"
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/model.keras")}
+    stamps.update({p: p.stat().st_mtime_ns for p in (runs / "evaluation").glob("*.json")})
+    assert cli.reproduce_main(argv) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 8
