@@ -496,8 +496,29 @@ def autoattack(model, x, y, epsilon: float, version: str | None = None, steps: i
     return x_adv, report
 
 
+def art_classifier(model, draws: int = 1):
+    """`model` as an IBM ART `TensorFlowV2Classifier`, its logits averaged over `draws` noise draws.
+
+    For checking our attacks against a third party's on the same model (ART's
+    attacks have no EOT: averaging the logits is the closest they get).
+    Needs `adversarial-robustness-toolbox` (the test extra).
+    """
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    classes = model.output_shape[-1]
+
+    def averaged_logits(x, training=False):
+        logits = model(_tile(x, draws), training=False)
+        return tf.reduce_mean(tf.reshape(logits, [draws, -1, classes]), axis=0)
+
+    return TensorFlowV2Classifier(model=averaged_logits, nb_classes=classes, input_shape=model.input_shape[1:],
+                                  clip_values=(0.0, 1.0),
+                                  loss_object=keras.losses.CategoricalCrossentropy(from_logits=True))
+
+
 ATTACKS = {
     "pgd": pgd,
+    "pgd-no-eot": pgd,  # one noise draw per step whatever the budget's EOT: shows what EOT adds
     "spsa": spsa,
     "apgd-ce": functools.partial(apgd, loss="ce"),
     "apgd-dlr": functools.partial(apgd, loss="dlr"),

@@ -60,10 +60,13 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     Catastrophic overfitting (Wong et al.) shows as PGD accuracy falling far
     below its best within an epoch while clean accuracy stays high. With
     `early_stop`, a drop of more than `drop` below the best seen stops training
-    and restores the weights of the epoch before the collapse.
+    and restores the weights of the epoch before the collapse. On a model with
+    a random layer, `pgd_val_accuracy` is measured with `eot_samples` EOT draws
+    and `pgd_no_eot_val_accuracy` with one, so a collapse hidden from attacks
+    without EOT shows as a gap between the two.
     """
 
-    def __init__(self, x, y, epsilon: float, steps: int = 10, eot_samples: int = 1,
+    def __init__(self, x, y, epsilon: float, steps: int = 10, eot_samples: int = 4,
                  early_stop: bool = False, drop: float = 0.2):
         super().__init__()
         self.x, self.y = tf.constant(x), tf.constant(y)
@@ -71,15 +74,23 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         self.early_stop, self.drop = early_stop, drop
         self.best, self._previous_weights = -1.0, None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _pgd_accuracy(self, eot_samples: int) -> float:
         from keras_pnil.attacks import pgd
         from keras_pnil.evaluation import accuracy
 
         x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps,
-                    step_size=min(2.5 * self.epsilon / self.steps, self.epsilon), eot_samples=self.eot_samples)
-        pgd_accuracy = accuracy(self.model, x_adv, self.y)
+                    step_size=min(2.5 * self.epsilon / self.steps, self.epsilon), eot_samples=eot_samples)
+        return accuracy(self.model, x_adv, self.y)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_pnil.layers import has_random_layer
+
+        random = has_random_layer(self.model)
+        pgd_accuracy = self._pgd_accuracy(self.eot_samples if random else 1)
         if logs is not None:
             logs["pgd_val_accuracy"] = pgd_accuracy
+            if random:
+                logs["pgd_no_eot_val_accuracy"] = self._pgd_accuracy(1)
         if self.early_stop and pgd_accuracy < self.best - self.drop and self._previous_weights:
             print(f"\nCatastrophic overfitting at epoch {epoch + 1}: PGD accuracy {pgd_accuracy:.3f} "
                   f"after a best of {self.best:.3f}; stopping and restoring the previous epoch.")

@@ -75,9 +75,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-range-test", action="store_true", help="pick the cyclical LR bounds with Smith's range test")
     p.add_argument("--eot-samples", type=int, default=1, help="NFGSM gradient samples L")
     p.add_argument("--noise-multiplier", type=float, default=1.0, help="NFGSM noise U(-kε, kε)")
-    p.add_argument("--alpha", type=float, default=None, help="RFGSM step (default 1.2ε)")
+    p.add_argument("--alpha", type=float, default=None, help="RFGSM step (default: --alpha-ratio × ε)")
+    p.add_argument("--alpha-ratio", type=float, default=1.2, help="RFGSM step in units of ε (paper 1.2, Wong et al. 1.25)")
     p.add_argument("--pgd-steps", type=int, default=7, help="PGD training steps")
     p.add_argument("--monitor-images", type=int, default=200, help="validation images for the per-epoch PGD check")
+    p.add_argument("--monitor-eot", type=int, default=4, help="EOT samples of the per-epoch PGD check on PNIL models")
     p.add_argument("--early-stop", action="store_true", help="stop on catastrophic overfitting")
     p.add_argument("--force", action="store_true", help="retrain even if the run directory holds a finished run")
     return p
@@ -85,7 +87,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def _method_options(args) -> dict:
     return {"nfgsm": {"eot_samples": args.eot_samples, "noise_multiplier": args.noise_multiplier},
-            "rfgsm": {"alpha": args.alpha} if args.alpha else {},
+            "rfgsm": {"alpha": args.alpha or args.alpha_ratio * args.epsilon},
             "pgd": {"steps": args.pgd_steps}}.get(args.method, {})
 
 
@@ -123,7 +125,7 @@ def train_main(argv=None) -> int:
     from keras_pnil import data, models
     from keras_pnil.training import get_perturbation
 
-    epsilon = args.epsilon or data.DEFAULT_EPSILON[args.dataset]
+    epsilon = args.epsilon = args.epsilon or data.DEFAULT_EPSILON[args.dataset]
     get_perturbation(args.method, epsilon, **_method_options(args))  # fail fast on bad options
     (x_train, y_train), (x_test, y_test) = data.load_dataset(args.dataset, args.data_dir)
     train_idx, val_idx = _select(args, len(x_train), len(x_test))
@@ -159,7 +161,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=sorted(BUDGETS), default="paper",
                    help="preset attack budget; the flags below override it")
     p.add_argument("--attacks", default="pgd,spsa",
-                   help="comma-separated: pgd, spsa, apgd-ce, apgd-dlr, square, autoattack (default: the paper's)")
+                   help="comma-separated: pgd, spsa, apgd-ce, apgd-dlr, square, autoattack, pgd-no-eot "
+                        "(default: the paper's)")
     p.add_argument("--epsilon", type=parse_epsilon, default=None, help="default: the run's training ε")
     p.add_argument("--eot-samples", type=int, help="EOT samples for models with a random layer")
     p.add_argument("--pgd-steps", type=int)
@@ -228,12 +231,13 @@ def _parse_attacks(text: str) -> tuple:
 
 
 def evaluate_run(run: Path, attacks, budget: dict, out: Path, data_cache: dict, *, epsilon=None,
-                 seed: int = 0, data_dir=None, reuse: bool = False) -> dict:
+                 seed: int = 0, data_dir=None, reuse: bool = False, label: str | None = None) -> dict:
     """Evaluates one training run; writes `<out>/<run name>.json` atomically and its PNIL maps.
 
     Returns the run's Table 1 record. With `reuse`, a result file written for
     the same attacks, budget, ε and seed is read back instead of recomputed
-    (how the reproduce command resumes).
+    (how the reproduce command resumes). `label` names the training method in
+    the record (default: the run's method), for suites that vary its options.
     """
     from keras_pnil import data, evaluation, report
     from keras_pnil.layers import find_pnil, has_random_layer
@@ -261,7 +265,7 @@ def evaluate_run(run: Path, attacks, budget: dict, out: Path, data_cache: dict, 
                                    epochs=config.get("epochs"), **options)
     for check in result.checks:
         print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
-    record = {"dataset": dataset, "method": config["method"], "pnil": config["pnil"], "run": str(run),
+    record = {"dataset": dataset, "method": label or config["method"], "pnil": config["pnil"], "run": str(run),
               "clean": result.clean, **result.attacks, "min": result.effective,
               "worst_case": result.worst_case, "n_train": config.get("n_train", 1),
               "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0,

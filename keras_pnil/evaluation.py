@@ -99,7 +99,7 @@ class RobustnessResult:
 
 
 # Attacks cheap enough to run on every image; the others run on the seeded subset.
-FULL_SET_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr")
+FULL_SET_ATTACKS = ("pgd", "pgd-no-eot", "apgd-ce", "apgd-dlr")
 
 
 def _attack_options(name: str, budget: Budget) -> dict:
@@ -110,7 +110,8 @@ def _attack_options(name: str, budget: Budget) -> dict:
         "square": dict(queries=budget.square_queries),
         "autoattack": dict(steps=budget.apgd_steps, queries=budget.square_queries),
     }
-    return {**options.get(name, dict(steps=budget.apgd_steps)), "eot_samples": budget.eot_samples}
+    options["pgd-no-eot"] = {**options["pgd"], "eot_samples": 1}
+    return {"eot_samples": budget.eot_samples, **options.get(name, dict(steps=budget.apgd_steps))}
 
 
 def _run_attack(name, model, x, y, budget: Budget) -> np.ndarray:
@@ -122,7 +123,8 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
                checks: bool = True, progress=print, **budget_options) -> RobustnessResult:
     """Accuracy under each attack, the effective robustness (Min) and the per-example worst case.
 
-    Attacks: "pgd", "spsa", "apgd-ce", "apgd-dlr", "square", "autoattack".
+    Attacks: "pgd", "spsa", "apgd-ce", "apgd-dlr", "square", "autoattack", and
+    "pgd-no-eot" (PGD with one noise draw per step, to see what EOT adds).
     PGD and APGD run on all of `x`; the others (and the worst case) on a seeded
     random subset of `spsa_images` images, whose indices are returned. Keyword
     options set the `Budget` (pgd_steps, spsa_samples, apgd_steps,

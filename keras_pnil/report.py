@@ -14,7 +14,7 @@ from keras_pnil.callbacks import atomic_write_text
 from keras_pnil.stats import ALPHA, corrected_resampled_ttest, mean_std
 
 COLUMNS = ("clean", "spsa", "pgd", "min")  # the paper's; other attacks get columns before Min
-ATTACK_COLUMNS = ("spsa", "pgd", "apgd-ce", "apgd-dlr", "square", "autoattack")
+ATTACK_COLUMNS = ("spsa", "pgd", "pgd-no-eot", "apgd-ce", "apgd-dlr", "square", "autoattack")
 DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 # Table 1 of Schwinn et al. (percent, mean ± std over 5×2 folds): (clean, spsa, pgd, min).
@@ -221,18 +221,65 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def runs_markdown(records) -> str:
-    """One row per run: accuracies and the masking checks (⚠ = flagged)."""
+def runs_markdown(records, extra: dict | None = None) -> str:
+    """One row per run: accuracies, `extra[run name]`'s columns, and the masking checks (⚠ = flagged)."""
     names = [c for c in ATTACK_COLUMNS if any(c in r for r in records)]
-    lines = ["| run | clean | " + " | ".join(n.upper() for n in names) + " | Min | worst case | masking checks |",
-             "|---|" + "---|" * (len(names) + 4)]
+    extra = extra or {}
+    extra_names = list(dict.fromkeys(k for row in extra.values() for k in row))
+    lines = ["| run | clean | " + " | ".join(n.upper() for n in names) + " | Min | worst case | "
+             + "".join(f"{n} | " for n in extra_names) + "masking checks |",
+             "|---|" + "---|" * (len(names) + len(extra_names) + 4)]
     for r in records:
+        run = Path(r["run"]).name
         checks = ", ".join(f"{'⚠ ' if c['flagged'] else ''}{c['check']} {100 * c['value']:+.1f}"
                            for c in r.get("checks", []))
-        cells = [_percent(r.get(n)) for n in names]
-        lines.append(f"| {Path(r['run']).name} | {_percent(r['clean'])} | {' | '.join(cells)} | "
-                     f"{_percent(r['min'])} | {_percent(r['worst_case'])} | {checks} |")
+        cells = [_percent(r.get(n)) for n in names] + [str(extra.get(run, {}).get(n, "–")) for n in extra_names]
+        lines.append(f"| {run} | {_percent(r['clean'])} | {' | '.join(cells[:len(names)])} | "
+                     f"{_percent(r['min'])} | {_percent(r['worst_case'])} | "
+                     + "".join(f"{c} | " for c in cells[len(names):]) + f"{checks} |")
     return "\n".join(lines) + "\n"
+
+
+def read_history(path) -> dict:
+    """A run's per-epoch log (`history.csv`) as {column: [values]}; {} if it has none."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    rows = [r for r in csv.DictReader(io.StringIO(path.read_text())) if r.get("epoch") != "epoch"]
+    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
+
+
+def collapse_epoch(values, drop: float = 0.2):
+    """The first epoch (1-based) whose value falls more than `drop` below the best before it, else None."""
+    for epoch in range(1, len(values)):
+        if values[epoch] < max(values[:epoch]) - drop:
+            return epoch + 1
+    return None
+
+
+def plot_training_curves(histories: dict, path, title: str) -> Path:
+    """Per-epoch clean and PGD accuracy of several runs; PGD without EOT dashed (PNIL runs)."""
+    plt = _figure()
+    fig, (clean_ax, pgd_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (label, history_path) in enumerate(histories.items()):
+        history, color = read_history(history_path), f"C{i}"
+        epochs = range(1, len(history.get("pgd_val_accuracy", [])) + 1)
+        clean_ax.plot(epochs, np.asarray(history.get("val_clean_accuracy", [np.nan] * len(epochs))) * 100,
+                      marker="o", color=color, label=label)
+        pgd_ax.plot(epochs, np.asarray(history.get("pgd_val_accuracy", [])) * 100, marker="o", color=color, label=label)
+        if "pgd_no_eot_val_accuracy" in history:
+            pgd_ax.plot(epochs, np.asarray(history["pgd_no_eot_val_accuracy"]) * 100, ls="--", color=color,
+                        label=f"{label} (no EOT)")
+    for ax, name in ((clean_ax, "clean accuracy (%)"), (pgd_ax, "PGD-10 accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    pgd_ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 def structure_markdown(structure: dict) -> str:
@@ -256,7 +303,24 @@ def timings_markdown(timings: dict) -> str:
         f"; total {total / 60:.1f} min"
 
 
-def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dict, tables: dict, specs) -> str:
+def training_columns(specs, runs_dir, timings: dict) -> dict:
+    """Per run: training minutes, cost relative to the same data set's clean run, collapse epochs."""
+    runs_dir, columns = Path(runs_dir), {}
+    clean = {s.dataset: timings.get(f"train/{s.name}") for s in specs if s.method == "clean"}
+    for spec in specs:
+        seconds = timings.get(f"train/{spec.name}")
+        history = read_history(runs_dir / spec.name / "history.csv")
+        row = {"train min": f"{seconds / 60:.1f}" if seconds else "–",
+               "× clean": f"{seconds / clean[spec.dataset]:.2f}" if seconds and clean.get(spec.dataset) else "–",
+               "collapse (epoch)": collapse_epoch(history.get("pgd_val_accuracy", [])) or "none"}
+        if "pgd_no_eot_val_accuracy" in history:
+            row["collapse without EOT"] = collapse_epoch(history["pgd_no_eot_val_accuracy"]) or "none"
+        columns[spec.name] = row
+    return columns
+
+
+def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dict, tables: dict, specs,
+                  runs_dir) -> str:
     """The Markdown summary a reproduce run writes next to its tables and figures."""
     import datetime
 
@@ -264,14 +328,20 @@ def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dic
     settings = suite["budgets"][budget]
     parts = [
         f"# {suite['title']}: `{budget}` budget\n",
-        f"Generated by `keras-pnil-reproduce --budget {budget} --datasets {datasets}` on "
-        f"{datetime.date.today().isoformat()}; device: {_device()}. Wall time: {timings_markdown(timings)}.\n",
+        f"Generated by `keras-pnil-reproduce --suite {Path(suite['path']).stem} --budget {budget} --datasets {datasets}`"
+        f" on {datetime.date.today().isoformat()}; device: {_device()}. Wall time: {timings_markdown(timings)}.\n",
         f"Budget: {settings['about']}\n",
-        "## Table 1\n", Path(tables["md"]).read_text(),
+    ]
+    if suite.get("report", "table1") == "table1":
+        parts += ["## Table 1\n", Path(tables["md"]).read_text()]
+    parts += [
         "\n## Every run, with the gradient-masking checks\n",
-        "Checks per run, in points: a gradient-free attack's accuracy minus PGD's on the same images "
-        "(flagged below -5), PGD accuracy at ε = 0.5 (flagged above 10), and the change from doubling PGD's "
-        "steps and EOT samples (flagged below -3); ⚠ = flagged.\n", runs_markdown(records),
+        "Accuracies in percent. Checks per run, in points: a gradient-free attack's accuracy minus the strongest "
+        "gradient attack's on the same images (flagged below -5), PGD accuracy at ε = 0.5 (flagged above 10), "
+        "and the change from doubling PGD's steps and EOT samples (flagged below -3); ⚠ = flagged. "
+        "Collapse: the first epoch whose per-epoch PGD-10 accuracy on the fixed validation batch fell more than "
+        "20 points below its best so far.\n",
+        runs_markdown(records, training_columns(specs, runs_dir, timings)),
         "\n## Does the PNIL learn structure?\n",
         f"Noise σ on object pixels (> 0.5) and background pixels (< 0.05) of {figures['settings']['images']} "
         "held-out images, first fold.\n", structure_markdown(figures["structure"]),

@@ -65,8 +65,9 @@ def grid(suite: dict, budget: str, datasets=None) -> list[RunSpec]:
     if unknown:
         raise SuiteError(f"unknown data set(s) {sorted(unknown)}; suite {suite['path']} has {list(suite['datasets'])}.")
     chosen = [d for d in suite["datasets"] if not datasets or d in datasets]
-    return [RunSpec(d, m, p, f) for d in chosen for m in suite["methods"] for p in suite["pnil"]
-            for f in suite["budgets"][budget]["folds"]]
+    # A method may restrict PNIL on/off (e.g. the clean or PGD reference trains the baseline only).
+    return [RunSpec(d, m, p, f) for d in chosen for m, options in suite["methods"].items()
+            for p in options.get("pnil", suite["pnil"]) for f in suite["budgets"][budget]["folds"]]
 
 
 def _flags(options: dict) -> list[str]:
@@ -83,7 +84,7 @@ def _flags(options: dict) -> list[str]:
 
 def train_argv(suite: dict, budget: str, spec: RunSpec, out: Path) -> list[str]:
     """The `keras-pnil-train` arguments of one run."""
-    method = dict(suite["methods"][spec.method])
+    method = {k: v for k, v in suite["methods"][spec.method].items() if k != "pnil"}
     config = REPOSITORY / method.pop("config").format(dataset=spec.dataset)
     options = {**suite["datasets"][spec.dataset], **method, **suite["budgets"][budget]["train"],
                "pnil": spec.pnil, "fold": spec.fold}
@@ -91,30 +92,32 @@ def train_argv(suite: dict, budget: str, spec: RunSpec, out: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- cost estimate
-def _training_units(config: dict, options: dict, n_train: int) -> float:
+def _training_units(options: dict, n_train: int) -> float:
     """Forward-pass equivalents (a backward pass counts two) of one training run."""
-    per_image = {"clean": 3, "pgd": 3 + 3 * options.get("pgd_steps", config.get("pgd_steps", 7))}.get(
-        config["method"], 3 + 3 * options.get("eot_samples", config.get("eot_samples", 1)))
+    per_image = {"clean": 3, "pgd": 3 + 3 * options.get("pgd_steps", 7)}.get(
+        options["method"], 3 + 3 * options.get("eot_samples", 1))
     images = options.get("train_size", n_train)
-    validation = options.get("validation_size", 5000) * 5 + options.get("monitor_images", 200) * 3 * 10
-    return options.get("epochs", config.get("epochs", 10)) * (images * per_image + validation)
+    monitor = options.get("monitor_images", 200) * 3 * 10 * (1 + options.get("monitor_eot", 4))
+    return options.get("epochs", 10) * (images * per_image + options.get("validation_size", 5000) * 5 + monitor)
 
 
 def _evaluation_units(budget: dict, eot: int, attacks) -> float:
-    n, s, steps = budget["num_images"], budget["spsa_images"], budget["pgd_steps"]
-    units = n * budget["accuracy_draws"] * 2
-    if "pgd" in attacks:
-        units += n * steps * eot * 3
-    if "spsa" in attacks:
-        units += s * budget["spsa_steps"] * budget["spsa_samples"] * eot
-    return units + s * steps * eot * 3 * 5  # masking checks: large-ε PGD, then doubled steps and EOT
+    """Forward-pass equivalents of one run's evaluation, masking checks included."""
+    n, s = budget["num_images"], budget["spsa_images"]
+    apgd, square = budget.get("apgd_steps", 100) * eot * 3, budget.get("square_queries", 5000) * eot
+    per_image = {"pgd": n * budget["pgd_steps"] * eot * 3, "pgd-no-eot": n * budget["pgd_steps"] * 3,
+                 "apgd-ce": n * apgd, "apgd-dlr": n * apgd, "square": s * square,
+                 "spsa": s * budget["spsa_steps"] * budget["spsa_samples"] * eot,
+                 "autoattack": s * (2 * apgd + (square if eot == 1 else 0))}
+    checks = s * budget["pgd_steps"] * eot * 3 * 5 + (0 if "square" in attacks else s * square)
+    return n * budget["accuracy_draws"] * 2 + sum(per_image[a] for a in attacks) + checks
 
 
 def _figure_units(figures: dict, methods: int) -> float:
     """Figures 4 and 5: EOT curves of the PNIL models, ε sweeps of all (with EOT for PNIL)."""
-    per_pgd = figures["images"] * figures["pgd_steps"] * 3
-    eot_curves = methods * per_pgd * sum(figures["eot_samples"])
-    sweeps = methods * per_pgd * len(figures["epsilon_multiples"]) * (1 + figures["eot"])
+    per_pgd = figures["images"] * figures.get("pgd_steps", 0) * 3
+    eot_curves = methods * per_pgd * sum(figures.get("eot_samples", []))
+    sweeps = methods * per_pgd * len(figures.get("epsilon_multiples", [])) * (1 + figures.get("eot", 1))
     return eot_curves + sweeps
 
 
@@ -138,10 +141,9 @@ def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: di
     """Estimated seconds per data set, from pass counts and measured forward throughput."""
     settings, seconds = suite["budgets"][budget], {}
     for spec in specs:
-        method = dict(suite["methods"][spec.method])
+        method = {k: v for k, v in suite["methods"][spec.method].items() if k != "pnil"}
         config = json.loads((REPOSITORY / method.pop("config").format(dataset=spec.dataset)).read_text())
-        options = {**config, **method, **settings["train"]}
-        units = _training_units(config, options, OFFICIAL_SIZES[spec.dataset][0] // 2)
+        units = _training_units({**config, **method, **settings["train"]}, OFFICIAL_SIZES[spec.dataset][0] // 2)
         units += _evaluation_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
                                    suite["attacks"])
         seconds[spec.dataset] = seconds.get(spec.dataset, 0.0) + units / throughput[spec.dataset]
@@ -166,8 +168,13 @@ class FigureCache:
         return self.values[key]
 
 
+def _label(spec: RunSpec) -> str:
+    return f"{spec.method.upper()}{' + PNIL' if spec.pnil else ''}"
+
+
 def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache: dict) -> dict:
-    """Figures 1/3 (PNIL maps), 4 (EOT curve) and 5 (ε sweep) from the first fold's models."""
+    """From the first fold's models: PNIL maps (Figures 1/3) and, where the budget asks, the EOT
+    curve (Figure 4), the ε sweep (Figure 5) and per-epoch training curves."""
     from keras_pnil import cli, evaluation, report
     from keras_pnil.layers import find_pnil
 
@@ -182,15 +189,16 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
             config, model = cli._load_run(runs_dir / spec.name)
             epsilon = config["epsilon"]
             x, y = cli._evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
-            label = f"{spec.method.upper()}{' + PNIL' if spec.pnil else ''}"
-            eot = settings["eot"] if spec.pnil else 1
-            sweeps[label] = cache.get(f"sweep/{spec.name}", lambda: evaluation.epsilon_sweep(
-                model, x, y, [m * epsilon for m in settings["epsilon_multiples"]], settings["pgd_steps"], eot))
+            eot = settings.get("eot", 1) if spec.pnil else 1
+            if "epsilon_multiples" in settings:
+                sweeps[_label(spec)] = cache.get(f"sweep/{spec.name}", lambda: evaluation.epsilon_sweep(
+                    model, x, y, [m * epsilon for m in settings["epsilon_multiples"]], settings["pgd_steps"], eot))
             layer = find_pnil(model)
             if layer is None:
                 continue
-            eot_curves[label] = cache.get(f"eot/{spec.name}", lambda: evaluation.eot_curve(
-                model, x, y, epsilon, settings["eot_samples"], settings["pgd_steps"]))
+            if "eot_samples" in settings:
+                eot_curves[_label(spec)] = cache.get(f"eot/{spec.name}", lambda: evaluation.eot_curve(
+                    model, x, y, epsilon, settings["eot_samples"], settings["pgd_steps"]))
             structure[spec.name] = evaluation.pnil_structure(layer, x)
             paths.append(report.plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
                                                title=f"{spec.name}: learned PNIL"))
@@ -198,9 +206,14 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
             paths.append(report.plot_curve(settings["eot_samples"], eot_curves, results_dir / f"fig4_eot_{dataset}.png",
                                            "EOT samples", f"{dataset}: PGD-{settings['pgd_steps']} at ε={epsilon:.4g}",
                                            log_x=True))
-        paths.append(report.plot_curve([m * epsilon for m in settings["epsilon_multiples"]], sweeps,
-                                       results_dir / f"fig5_epsilon_{dataset}.png", "ε",
-                                       f"{dataset}: PGD-{settings['pgd_steps']} (EOT {settings['eot']} for PNIL)"))
+        if sweeps:
+            paths.append(report.plot_curve([m * epsilon for m in settings["epsilon_multiples"]], sweeps,
+                                           results_dir / f"fig5_epsilon_{dataset}.png", "ε",
+                                           f"{dataset}: PGD-{settings['pgd_steps']} (EOT {settings.get('eot', 1)} for PNIL)"))
+        if settings.get("training_curves"):
+            paths.append(report.plot_training_curves(
+                {_label(s): runs_dir / s.name / "history.csv" for s in chosen},
+                results_dir / f"training_{dataset}.png", f"{dataset}, ε={epsilon:.4g}: per-epoch PGD accuracy"))
     return {"structure": structure, "paths": paths, "settings": settings}
 
 
@@ -235,12 +248,12 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
         _timed(timings, f"train/{spec.name}", lambda: cli.train_main(argv))
         records.append(_timed(timings, f"evaluate/{spec.name}", lambda: cli.evaluate_run(
             runs_dir / spec.name, tuple(suite["attacks"]), settings["evaluate"], runs_dir / "evaluation",
-            data_cache, data_dir=data_dir, reuse=True)))
+            data_cache, data_dir=data_dir, reuse=True, label=spec.method)))
         atomic_write_text(timings_path, json.dumps(timings, indent=2))
     figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))
     atomic_write_text(timings_path, json.dumps(timings, indent=2))
     tables = report.write_tables(records, results_dir)
-    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs)
+    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs, runs_dir)
     path = results_dir / "summary.md"
     atomic_write_text(path, summary)
     print(summary)

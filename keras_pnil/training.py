@@ -282,7 +282,8 @@ def fit_run(config: dict, strategy, train_ds, val_ds, steps_per_epoch: int, moni
 
     atomic_write_text(out / "config.json", json.dumps(config, indent=2))
     callbacks = [
-        CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"]),
+        CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
+                                       eot_samples=config.get("monitor_eot", 4)),
         keras.callbacks.BackupAndRestore(str(out / "backup")),
         BestCheckpoint(out / "best"),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),

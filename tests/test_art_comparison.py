@@ -3,35 +3,21 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_pnil as kp
 
 art = pytest.importorskip("art", reason="the test extra installs adversarial-robustness-toolbox")
 from art.attacks.evasion import AutoProjectedGradientDescent  # noqa: E402
-from art.estimators.classification import TensorFlowV2Classifier  # noqa: E402
 
 # 200 images: the accuracy of one attack run has a standard error near 0.03;
 # on the same images the two attacks' difference is smaller still.
 IMAGES, EPSILON, STEPS, TOLERANCE = 200, 0.1, 20, 0.03
 
 
-def averaged_logits(model, draws: int):
-    """A callable ART can attack: the model's logits averaged over `draws` noise draws per input."""
-    def call(x, training=False):
-        tiled = tf.tile(x, [draws, 1, 1, 1])
-        return tf.reduce_mean(tf.reshape(model(tiled, training=False), [draws, -1, 10]), axis=0)
-
-    return call
-
-
 def art_apgd_accuracy(model, x, y, draws: int) -> float:
-    classifier = TensorFlowV2Classifier(
-        model=averaged_logits(model, draws), nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
-        loss_object=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
-    attack = AutoProjectedGradientDescent(classifier, eps=EPSILON, eps_step=2 * EPSILON, max_iter=STEPS,
-                                          nb_random_init=1, batch_size=IMAGES, loss_type="cross_entropy",
-                                          verbose=False)
+    attack = AutoProjectedGradientDescent(kp.attacks.art_classifier(model, draws), eps=EPSILON, eps_step=2 * EPSILON,
+                                          max_iter=STEPS, nb_random_init=1, batch_size=IMAGES,
+                                          loss_type="cross_entropy", verbose=False)
     x_adv = attack.generate(x, y=keras.utils.to_categorical(y, 10))
     return kp.evaluation.accuracy(model, x_adv, y, draws=8)
 

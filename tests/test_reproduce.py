@@ -6,14 +6,16 @@ from keras_pnil import cli, reproduce
 
 TINY_SUITE = {
     "title": "tiny grid", "datasets": {"mnist": {}, "fashion_mnist": {}},
-    "methods": {"nfgsm": {"config": "train/{dataset}_nfgsm.json"}}, "pnil": [False, True],
-    "attacks": ["pgd", "spsa"],
+    "methods": {"nfgsm": {"config": "train/{dataset}_nfgsm.json"},
+                "clean": {"config": "train/{dataset}_nfgsm.json", "method": "clean", "pnil": [False]}},
+    "pnil": [False, True], "attacks": ["pgd", "pgd-no-eot", "spsa", "autoattack"],
     "budgets": {"tiny": {
         "about": "a test budget", "folds": [0, 1],
         "train": {"train_size": 300, "epochs": 1, "validation_size": 100, "monitor_images": 20},
         "evaluate": {"num_images": 20, "pgd_steps": 3, "spsa_steps": 2, "spsa_samples": 8, "spsa_images": 10,
-                     "square_queries": 10, "eot_samples": 2, "accuracy_draws": 2},
-        "figures": {"images": 10, "pgd_steps": 2, "eot_samples": [1, 2], "eot": 2, "epsilon_multiples": [1, 2]}}},
+                     "apgd_steps": 2, "square_queries": 10, "eot_samples": 2, "accuracy_draws": 2},
+        "figures": {"images": 10, "pgd_steps": 2, "eot_samples": [1, 2], "eot": 2, "epsilon_multiples": [1, 2],
+                    "training_curves": True}}},
 }
 
 
@@ -28,11 +30,16 @@ def test_grid_and_train_arguments_follow_the_suite(suite_file, tmp_path):
     suite = reproduce.load_suite(str(suite_file))
     specs = reproduce.grid(suite, "tiny", ["mnist"])
     assert [s.name for s in specs] == ["mnist-nfgsm-baseline-fold0", "mnist-nfgsm-baseline-fold1",
-                                       "mnist-nfgsm-pnil-fold0", "mnist-nfgsm-pnil-fold1"]
+                                       "mnist-nfgsm-pnil-fold0", "mnist-nfgsm-pnil-fold1",
+                                       "mnist-clean-baseline-fold0", "mnist-clean-baseline-fold1"]
     argv = reproduce.train_argv(suite, "tiny", specs[2], tmp_path / "run")
     assert argv[argv.index("--fold") + 1] == "0" and "--pnil" in argv and "--no-pnil" not in argv
     assert argv[argv.index("--train-size") + 1] == "300" and argv[1].endswith("train/mnist_nfgsm.json")
+    clean = reproduce.train_argv(suite, "tiny", specs[4], tmp_path / "run")
+    assert clean[clean.index("--method") + 1] == "clean" and "--no-pnil" in clean and "--method" not in argv
     assert len(reproduce.grid(reproduce.load_suite("table1"), "paper")) == 3 * 2 * 2 * 10
+    large = reproduce.grid(reproduce.load_suite("large_eps"), "quick")
+    assert len(large) == 2 * (4 * 2 + 2) and {s.method for s in large if s.pnil} == {"fgsm", "rfgsm", "nfgsm", "n-fgsm"}
 
 
 def test_suite_errors_name_the_problem(suite_file, tmp_path, capsys):
@@ -65,13 +72,15 @@ def test_reproduce_writes_tables_and_figures_and_resumes(suite_file, tmp_path, d
     summary = (results / "summary.md").read_text()
     assert "| MNIST | + PNIL | ours |" in summary and "| MNIST | baseline | paper | 98±0 | 23±36 |" in summary
     assert "REDUCED budget" in summary and "EOT 2 samples" in summary and "Does the PNIL learn structure?" in summary
-    for figure in ("fig1_pnil_mnist_nfgsm.png", "fig4_eot_mnist.png", "fig5_epsilon_mnist.png"):
+    assert "| mnist-clean-baseline-fold0 |" in summary and "× clean" in summary and "collapse without EOT" in summary
+    for figure in ("fig1_pnil_mnist_nfgsm.png", "fig4_eot_mnist.png", "fig5_epsilon_mnist.png", "training_mnist.png"):
         assert (results / figure).stat().st_size > 5000
     table = json.loads((results / "table1.json").read_text())
-    assert sorted(r["fold"] for r in table["records"]) == [0, 0, 1, 1]
+    assert sorted(r["fold"] for r in table["records"]) == [0, 0, 0, 1, 1, 1]
+    assert {r["method"] for r in table["records"]} == {"nfgsm", "clean"} and "autoattack" in table["records"][0]
     # A second run trains and evaluates nothing: finished runs and evaluations are reused.
     runs = tmp_path / "runs" / "tiny" / "tiny"
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/model.keras")}
     stamps.update({p: p.stat().st_mtime_ns for p in (runs / "evaluation").glob("*.json")})
     assert cli.reproduce_main(argv) == 0
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 8
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 12
