@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from fractions import Fraction
@@ -122,7 +121,7 @@ def train_main(argv=None) -> int:
         return 0
     import keras
 
-    from keras_pnil import data, models
+    from keras_pnil import data
     from keras_pnil.training import get_perturbation
 
     epsilon = args.epsilon = args.epsilon or data.DEFAULT_EPSILON[args.dataset]

@@ -1,7 +1,6 @@
 """Our APGD against IBM's Adversarial Robustness Toolbox (ART) on the same models and images."""
 
 import keras
-import numpy as np
 import pytest
 
 import keras_pnil as kp
