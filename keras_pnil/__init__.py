@@ -1,6 +1,6 @@
 """keras-pnil: fast, honest adversarial training for Keras (Schwinn et al.'s NFGSM and PNIL)."""
 
-from keras_pnil import attacks, callbacks, data, evaluation, models, schedules, training
+from keras_pnil import attacks, callbacks, data, evaluation, models, report, reproduce, schedules, stats, training
 from keras_pnil.layers import PixelwiseNoiseInjection
 from keras_pnil.training import AdversarialModel, adversarial
 
@@ -14,6 +14,9 @@ __all__ = [
     "data",
     "evaluation",
     "models",
+    "report",
+    "reproduce",
     "schedules",
+    "stats",
     "training",
 ]
