@@ -19,11 +19,13 @@ demo: $(BIN)/.installed
 	$(BIN)/keras-pnil-train --config train/mnist_nfgsm.json --pnil --train-size 12000 --validation-size 1000 --epochs 3 --out runs/demo
 	$(BIN)/keras-pnil-evaluate runs/demo --budget quick --out runs/demo/evaluation
 
-# The paper's grid (train/, evaluate/table1.json): BUDGET=quick (CPU, < 1 h for the MNISTs) or paper (GPU).
+# A suite's grid (evaluate/$(SUITE).json; default the paper's Table 1): BUDGET=quick (CPU, about an hour
+# for the MNISTs) or paper (GPU). SUITE=large_eps runs the large-ε study. Rerunning resumes.
+SUITE ?= table1
 BUDGET ?= quick
 DATASETS ?= mnist,fashion_mnist
 reproduce: $(BIN)/.installed
-	$(BIN)/keras-pnil-reproduce --budget $(BUDGET) --datasets $(DATASETS)
+	$(BIN)/keras-pnil-reproduce --suite $(SUITE) --budget $(BUDGET) --datasets $(DATASETS)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
