@@ -176,7 +176,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_run(run: Path):
+def load_run(run: Path):
     import keras
 
     import keras_pnil  # noqa: F401  (registers the PNIL layer for loading)
@@ -192,7 +192,7 @@ def _load_run(run: Path):
     return config, model
 
 
-def _evaluation_images(config, data_cache, num_images: int, seed: int):
+def evaluation_images(config, data_cache, num_images: int, seed: int):
     """A seeded sample of `num_images` images the run neither trained nor validated on.
 
     A 5×2 fold is scored on the other half of the training set (the paper's
@@ -248,14 +248,14 @@ def evaluate_run(run: Path, attacks, budget: dict, out: Path, data_cache: dict, 
         stored = json.loads(path.read_text())
         if stored.get("request") == request:
             return stored["record"]
-    config, model = _load_run(run)
+    config, model = load_run(run)
     dataset = config["dataset"]
     if dataset not in data_cache:
         data_cache[dataset] = data.load_dataset(dataset, data_dir)
     if tuple(model.input_shape[1:]) != data_cache[dataset][1][0].shape[1:]:
         raise SystemExit(f"error: {run} was trained on inputs {model.input_shape[1:]}, but {dataset} "
                          f"images are {data_cache[dataset][1][0].shape[1:]}: mismatched data set.")
-    x, y = _evaluation_images(config, data_cache[dataset], budget["num_images"], seed)
+    x, y = evaluation_images(config, data_cache[dataset], budget["num_images"], seed)
     options = {k: v for k, v in budget.items() if k != "num_images"}
     if not has_random_layer(model):
         options["eot_samples"] = 1  # EOT over a deterministic model changes nothing

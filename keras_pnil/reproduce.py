@@ -185,9 +185,9 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
         chosen = [s for s in specs if s.dataset == dataset and s.fold == first_fold]
         sweeps, eot_curves, epsilon = {}, {}, None
         for spec in chosen:
-            config, model = cli._load_run(runs_dir / spec.name)
+            config, model = cli.load_run(runs_dir / spec.name)
             epsilon = config["epsilon"]
-            x, y = cli._evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
+            x, y = cli.evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
             eot = settings.get("eot", 1) if spec.pnil else 1
             if "epsilon_multiples" in settings:
                 sweeps[_label(spec)] = cache.get(f"sweep/{spec.name}", lambda: evaluation.epsilon_sweep(
