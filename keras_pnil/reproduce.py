@@ -171,9 +171,44 @@ def _label(spec: RunSpec) -> str:
     return f"{spec.method.upper()}{' + PNIL' if spec.pnil else ''}"
 
 
+def _run_curves(spec: RunSpec, model, x, y, epsilon: float, settings: dict, cache: FigureCache) -> dict:
+    """One model's figure data: its ε sweep (Figure 5) and, with a PNIL, its EOT curve (Figure 4)."""
+    from keras_pnil import evaluation
+    from keras_pnil.layers import find_pnil
+
+    curves = {}
+    if "epsilon_multiples" in settings:
+        eot = settings.get("eot", 1) if spec.pnil else 1
+        curves["sweep"] = cache.get(f"sweep/{spec.name}", lambda: evaluation.epsilon_sweep(
+            model, x, y, [m * epsilon for m in settings["epsilon_multiples"]], settings["pgd_steps"], eot))
+    if "eot_samples" in settings and find_pnil(model) is not None:
+        curves["eot"] = cache.get(f"eot/{spec.name}", lambda: evaluation.eot_curve(
+            model, x, y, epsilon, settings["eot_samples"], settings["pgd_steps"]))
+    return curves
+
+
+def _plot_dataset(dataset: str, epsilon: float, curves: dict, histories: dict, settings: dict, results_dir: Path):
+    """The data set's Figure 4, Figure 5 and training curves, as far as there is data for them."""
+    from keras_pnil import report
+
+    steps, paths = settings.get("pgd_steps"), []
+    eot = {label: c["eot"] for label, c in curves.items() if "eot" in c}
+    sweeps = {label: c["sweep"] for label, c in curves.items() if "sweep" in c}
+    if eot:
+        paths.append(report.plot_curve(settings["eot_samples"], eot, results_dir / f"fig4_eot_{dataset}.png",
+                                       "EOT samples", f"{dataset}: PGD-{steps} at ε={epsilon:.4g}", log_x=True))
+    if sweeps:
+        paths.append(report.plot_curve([m * epsilon for m in settings["epsilon_multiples"]], sweeps,
+                                       results_dir / f"fig5_epsilon_{dataset}.png", "ε",
+                                       f"{dataset}: PGD-{steps} (EOT {settings.get('eot', 1)} for PNIL)"))
+    if settings.get("training_curves"):
+        paths.append(report.plot_training_curves(histories, results_dir / f"training_{dataset}.png",
+                                                 f"{dataset}, ε={epsilon:.4g}: per-epoch accuracy"))
+    return paths
+
+
 def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache: dict) -> dict:
-    """From the first fold's models: PNIL maps (Figures 1/3) and, where the budget asks, the EOT
-    curve (Figure 4), the ε sweep (Figure 5) and per-epoch training curves."""
+    """Figures from the first fold's models, and how much structure each PNIL learned."""
     from keras_pnil import cli, evaluation, report
     from keras_pnil.layers import find_pnil
 
@@ -183,36 +218,18 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
     structure, paths = {}, []
     for dataset in dict.fromkeys(s.dataset for s in specs):
         chosen = [s for s in specs if s.dataset == dataset and s.fold == first_fold]
-        sweeps, eot_curves, epsilon = {}, {}, None
+        curves = {}
         for spec in chosen:
             config, model = cli.load_run(runs_dir / spec.name)
-            epsilon = config["epsilon"]
             x, y = cli.evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
-            eot = settings.get("eot", 1) if spec.pnil else 1
-            if "epsilon_multiples" in settings:
-                sweeps[_label(spec)] = cache.get(f"sweep/{spec.name}", lambda: evaluation.epsilon_sweep(
-                    model, x, y, [m * epsilon for m in settings["epsilon_multiples"]], settings["pgd_steps"], eot))
+            curves[_label(spec)] = _run_curves(spec, model, x, y, config["epsilon"], settings, cache)
             layer = find_pnil(model)
-            if layer is None:
-                continue
-            if "eot_samples" in settings:
-                eot_curves[_label(spec)] = cache.get(f"eot/{spec.name}", lambda: evaluation.eot_curve(
-                    model, x, y, epsilon, settings["eot_samples"], settings["pgd_steps"]))
-            structure[spec.name] = evaluation.pnil_structure(layer, x)
-            paths.append(report.plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
-                                               title=f"{spec.name}: learned PNIL"))
-        if eot_curves:
-            paths.append(report.plot_curve(settings["eot_samples"], eot_curves, results_dir / f"fig4_eot_{dataset}.png",
-                                           "EOT samples", f"{dataset}: PGD-{settings['pgd_steps']} at ε={epsilon:.4g}",
-                                           log_x=True))
-        if sweeps:
-            paths.append(report.plot_curve([m * epsilon for m in settings["epsilon_multiples"]], sweeps,
-                                           results_dir / f"fig5_epsilon_{dataset}.png", "ε",
-                                           f"{dataset}: PGD-{settings['pgd_steps']} (EOT {settings.get('eot', 1)} for PNIL)"))
-        if settings.get("training_curves"):
-            paths.append(report.plot_training_curves(
-                {_label(s): runs_dir / s.name / "history.csv" for s in chosen},
-                results_dir / f"training_{dataset}.png", f"{dataset}, ε={epsilon:.4g}: per-epoch PGD accuracy"))
+            if layer is not None:
+                structure[spec.name] = evaluation.pnil_structure(layer, x)
+                paths.append(report.plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
+                                                   title=f"{spec.name}: learned PNIL"))
+        histories = {_label(s): runs_dir / s.name / "history.csv" for s in chosen}
+        paths += _plot_dataset(dataset, config["epsilon"], curves, histories, settings, results_dir)
     return {"structure": structure, "paths": paths, "settings": settings}
 
 
