@@ -247,7 +247,8 @@ def evaluate_run(run: Path, attacks, budget: dict, out: Path, data_cache: dict, 
     if reuse and path.exists():
         stored = json.loads(path.read_text())
         if stored.get("request") == request:
-            return stored["record"]
+            budget_used = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks)})
+            return {**stored["record"], "budget": budget_used.describe()}  # described as this version does
     config, model = load_run(run)
     dataset = config["dataset"]
     if dataset not in data_cache:

@@ -66,6 +66,7 @@ class Budget:
     eot_samples: int = 1
     accuracy_draws: int = 10
     epochs: int | None = None
+    attacks: tuple = ("pgd", "spsa")
 
     def is_paper_protocol(self) -> bool:
         """Whether this is the paper's attack budget (PGD-50 of 2ε/50; SPSA 100×2048 on 1000 images)."""
@@ -73,13 +74,22 @@ class Budget:
                 and self.spsa_images >= 1000)
 
     def describe(self) -> str:
+        """One line naming the budget of the attacks that ran, labelled REDUCED unless it is the paper's."""
         label = "paper protocol" if self.is_paper_protocol() else "REDUCED budget (not the paper's protocol)"
-        return (f"{label}: ε={self.epsilon:.4g}, {self.num_images} test images "
-                f"(SPSA on {min(self.spsa_images, self.num_images)}), PGD {self.pgd_steps} steps, "
-                f"SPSA {self.spsa_steps} steps × {self.spsa_samples} samples, APGD {self.apgd_steps} steps, "
-                f"Square {self.square_queries} queries, "
-                f"EOT {self.eot_samples} samples, accuracy over {self.accuracy_draws} draws"
-                + (f", {self.epochs} training epochs" if self.epochs is not None else ""))
+        used = set(self.attacks)
+        parts = [f"{label}: ε={self.epsilon:.4g}, {self.num_images} test images "
+                 f"(subset of {min(self.spsa_images, self.num_images)} for SPSA, Square, AutoAttack)"]
+        if used & {"pgd", "pgd-no-eot"}:
+            parts.append(f"PGD {self.pgd_steps} steps")
+        if "spsa" in used:
+            parts.append(f"SPSA {self.spsa_steps} steps × {self.spsa_samples} samples")
+        if used & {"apgd-ce", "apgd-dlr", "autoattack"}:
+            parts.append(f"APGD {self.apgd_steps} steps")
+        parts.append(f"Square {self.square_queries} queries" + ("" if used & {"square", "autoattack"}
+                                                                 else " (masking witness)"))
+        parts.append(f"EOT {self.eot_samples} samples, accuracy over {self.accuracy_draws} draws"
+                     + (f", {self.epochs} training epochs" if self.epochs is not None else ""))
+        return ", ".join(parts)
 
 
 @dataclass
@@ -134,7 +144,7 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
     for name in attacks:
         get_attack(name)  # unknown names fail before any work is done
     x, y = np.asarray(x, np.float32), np.asarray(y)
-    budget = Budget(epsilon=epsilon, num_images=len(x), **budget_options)
+    budget = Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **budget_options)
     draws = budget.accuracy_draws
     rng = np.random.default_rng(seed)
     subset = np.sort(rng.choice(len(x), size=min(budget.spsa_images, len(x)), replace=False))

@@ -26,7 +26,9 @@ def test_robustness_reports_min_worst_case_and_flags_masking(masked_model, mnist
     again = kp.evaluation.robustness(masked_model, xt[:80], yt[:80], 0.3, attacks=("pgd",), seed=1,
                                      checks=False, progress=lambda m: None, **TINY)
     assert again.subset_indices == result.subset_indices
-    assert "REDUCED budget" in result.budget.describe()
+    described = result.budget.describe()
+    assert "REDUCED budget" in described and "Square 200 queries (masking witness)" in described
+    assert "APGD" not in described  # only the attacks that ran are described
 
 
 def test_robustness_does_not_flag_an_honest_model(trained_pair, mnist):
