@@ -309,8 +309,8 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
         eta_at_check, best_at_check = eta, loss_best
         for k in tf.range(steps):
             z = project(x_k + per_image(eta, x) * tf.sign(grad))
-            # The first step has no momentum (x_prev = x_k).
-            x_next = project(x_k + momentum * (z - x_k) + (1.0 - momentum) * (x_k - x_prev))
+            weight = tf.where(k == 0, 1.0, momentum)  # the first step is a plain projected step
+            x_next = project(x_k + weight * (z - x_k) + (1.0 - weight) * (x_k - x_prev))
             loss_next, grad_next, fooled = evaluate(x_next, y)
             best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
             ever_fooled |= fooled
@@ -322,7 +322,7 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
             x_prev, x_k, loss_k, grad = x_k, x_next, loss_next, grad_next
             if tf.gather(is_checkpoint, k + 1):
                 # Halve the step where progress stalled, restarting from the best point.
-                stalled = ((increases < rho * tf.gather(window, k + 1))
+                stalled = ((increases <= rho * tf.gather(window, k + 1))
                            | ((eta == eta_at_check) & (loss_best <= best_at_check)))
                 eta = tf.where(stalled, eta / 2.0, eta)
                 x_k = tf.where(per_image(stalled, x), x_best, x_k)
