@@ -413,8 +413,9 @@ def _square_graph(model_fn: EOT, epsilon: float, queries: int, p_init: float):
             x_new = tf.clip_by_value(x + candidate, 0.0, 1.0)
             margin_new = margin_of(x_new, y)
             accept = (margin_new < margin) & (margin > 0.0)
-            x_best = tf.where(accept[:, None, None, None], x_new, x_best)
-            margin = tf.where(accept, margin_new, margin)
+            # Static shapes kept for the loop (a batch of 1 would otherwise broadcast to None).
+            x_best = tf.ensure_shape(tf.where(accept[:, None, None, None], x_new, x_best), x.shape)
+            margin = tf.ensure_shape(tf.where(accept, margin_new, margin), margin.shape)
         return x_best
 
     return attack

@@ -116,6 +116,8 @@ def test_new_attacks_stay_in_the_eps_ball_and_pixel_range(attack, kwargs, traine
     x_adv = x_adv[0] if isinstance(x_adv, tuple) else x_adv
     assert x_adv.shape == xt[:20].shape
     assert np.abs(x_adv - xt[:20]).max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    single = kp.attacks.get_attack(attack)(trained_pair[True], xt[:1], yt[:1], 0.1, eot_samples=2, **kwargs)
+    assert (single[0] if isinstance(single, tuple) else single).shape == (1, 28, 28, 1)  # a batch of one works
 
 
 def test_apgd_is_at_least_as_strong_as_pgd(trained_pair, mnist):
