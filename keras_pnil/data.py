@@ -135,7 +135,13 @@ def _load_cifar_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarr
 def _load_tfds(name: str):
     import tensorflow_datasets as tfds
 
-    splits = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
+    try:
+        splits = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
+    except Exception as err:  # tfds raises many types (connection, checksum, download) for one cause
+        raise DatasetError(
+            f"tensorflow-datasets could not provide {name!r} ({type(err).__name__}: {str(err)[:200]}). "
+            f"Without internet, point ${DATA_DIR_ENV} or --data-dir at a folder holding the official files."
+        ) from err
     return [(np.asarray(x), np.asarray(y)) for x, y in tfds.as_numpy(splits)]
 
 

@@ -128,3 +128,15 @@ def test_make_dataset_batches_and_rejects_bad_range():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     dist = strategy.experimental_distribute_dataset(make_dataset(x, y, batch_size=100, drop_remainder=True))
     assert len(list(dist)) == 2
+
+
+def test_offline_tfds_failure_says_how_to_use_local_files(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
+
+    monkeypatch.delenv("KERAS_PNIL_DATA_DIR", raising=False)
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(DatasetError, match=r"could not provide 'mnist' \(ConnectionError.*KERAS_PNIL_DATA_DIR"):
+        load_dataset("mnist")
