@@ -262,6 +262,7 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
         keras.backend.clear_session()
         argv = train_argv(suite, budget, spec, runs_dir / spec.name) + (["--data-dir", data_dir] if data_dir else [])
         _timed(timings, f"train/{spec.name}", lambda: cli.train_main(argv))
+        atomic_write_text(timings_path, json.dumps(timings, indent=2))  # kept if the evaluation is killed
         records.append(_timed(timings, f"evaluate/{spec.name}", lambda: cli.evaluate_run(
             runs_dir / spec.name, tuple(suite["attacks"]), settings["evaluate"], runs_dir / "evaluation",
             data_cache, data_dir=data_dir, reuse=True, label=spec.method)))
