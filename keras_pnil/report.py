@@ -47,9 +47,9 @@ def columns(records) -> tuple:
 
 def _group(records):
     """{(dataset, pnil, method): {column: [per-fold values]}} in fold order."""
-    groups = defaultdict(lambda: defaultdict(list))
+    groups, shown = defaultdict(lambda: defaultdict(list)), columns(records)
     for r in sorted(records, key=lambda r: (r.get("repetition", 0), r.get("fold", 0))):
-        for column in columns(records):
+        for column in shown:
             if r.get(column) is not None:
                 groups[(r["dataset"], bool(r["pnil"]), r["method"])][column].append(r[column])
     return groups
