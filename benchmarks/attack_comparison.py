@@ -43,13 +43,13 @@ def attacks(model, epsilon: float, args) -> dict:
         return lambda x, y: attack.generate(x, y=keras.utils.to_categorical(y, 10))
 
     return {
-        f"ours APGD-CE-{args.apgd_steps}": lambda x, y: kp.attacks.apgd(model, x, y, epsilon, args.apgd_steps, seed=0),
+        f"ours APGD-CE-{args.apgd_steps}": lambda x, y: kp.attacks.apgd(model, x, y, epsilon, steps=args.apgd_steps),
         f"ART APGD-CE-{args.apgd_steps}": art(AutoProjectedGradientDescent(
             classifier, eps=epsilon, eps_step=2 * epsilon, max_iter=args.apgd_steps, nb_random_init=1,
             batch_size=args.images, loss_type="cross_entropy", verbose=False)),
-        "ours PGD-50": lambda x, y: kp.attacks.pgd(model, x, y, epsilon, 50),
+        "ours PGD-50": lambda x, y: kp.attacks.pgd(model, x, y, epsilon, steps=50),
         f"ours Square-{args.square_queries}": lambda x, y: kp.attacks.square(model, x, y, epsilon,
-                                                                             args.square_queries, seed=0),
+                                                                             queries=args.square_queries),
         f"ART Square-{args.square_queries}": art(SquareAttack(
             classifier, eps=epsilon, max_iter=args.square_queries, p_init=0.8, nb_restarts=1,
             batch_size=args.images, verbose=False)),

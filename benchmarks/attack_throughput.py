@@ -50,7 +50,7 @@ def main() -> None:
     raw_grad = tf.function(lambda: input_gradient(model, tiled_x, tiled_y))
     grad_rate = n * eot / timed(raw_grad)
     pgd_time = timed(lambda: kp.attacks.pgd(model, x, y, 8 / 255, steps=args.pgd_steps, eot_samples=eot,
-                                            batch_size=n * eot))
+                                            batch_size=n))
     pgd_rate = n * args.pgd_steps * eot / pgd_time
 
     spsa_batch = n * args.spsa_samples  # inputs per SPSA step
@@ -59,7 +59,7 @@ def main() -> None:
     raw_forward = tf.function(lambda: model(flat, training=False))
     forward_rate = chunk / timed(raw_forward)
     spsa_time = timed(lambda: kp.attacks.spsa(model, x, y, 8 / 255, steps=args.spsa_steps,
-                                              samples=args.spsa_samples, batch_size=n), repeats=1)
+                                              perturbations=args.spsa_samples, batch_size=n), repeats=1)
     spsa_rate = args.spsa_steps * spsa_batch / spsa_time
 
     print(f"small CNN + PNIL, {n} MNIST images, CPU ({os.cpu_count()} cores)")

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from keras_pnil import evaluation
+from keras_pnil.attacks.pgd import pgd
+from keras_pnil.files import atomic_write_json
+from keras_pnil.layers import has_random_layer
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -47,7 +43,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         tmp = self.directory / ".best.tmp.weights.h5"
         self.model.save_weights(tmp)
         os.replace(tmp, self.weights_path)
-        atomic_write_text(self.record_path, json.dumps({"epoch": epoch + 1, "monitor": self.monitor, "value": float(value)}))
+        atomic_write_json(self.record_path, {"epoch": epoch + 1, "monitor": self.monitor, "value": float(value)})
 
     def on_train_end(self, logs=None):
         if self.weights_path.exists():
@@ -69,22 +65,16 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     def __init__(self, x, y, epsilon: float, steps: int = 10, eot_samples: int = 4,
                  early_stop: bool = False, drop: float = 0.2):
         super().__init__()
-        self.x, self.y = tf.constant(x), tf.constant(y)
+        self.x, self.y = np.asarray(x, np.float32), np.asarray(y)
         self.epsilon, self.steps, self.eot_samples = epsilon, steps, eot_samples
         self.early_stop, self.drop = early_stop, drop
         self.best, self._previous_weights = -1.0, None
 
     def _pgd_accuracy(self, eot_samples: int) -> float:
-        from keras_pnil.attacks import pgd
-        from keras_pnil.evaluation import accuracy
-
-        x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps,
-                    step_size=min(2.5 * self.epsilon / self.steps, self.epsilon), eot_samples=eot_samples)
-        return accuracy(self.model, x_adv, self.y)
+        x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps, eot_samples=eot_samples)
+        return evaluation.accuracy(self.model, x_adv, self.y)
 
     def on_epoch_end(self, epoch, logs=None):
-        from keras_pnil.layers import has_random_layer
-
         random = has_random_layer(self.model)
         pgd_accuracy = self._pgd_accuracy(self.eot_samples if random else 1)
         if logs is not None:

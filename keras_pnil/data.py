@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+
+from keras_pnil.validation import check_choice, check_count, check_images, check_same_length
 
 DATA_DIR_ENV = "KERAS_PNIL_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -32,9 +35,9 @@ class DatasetError(ValueError):
     """A data file is missing, corrupt or not what was asked for."""
 
 
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"Unknown data set {name!r}; expected one of {DATASETS}.")
+def check_dataset_name(name: str) -> None:
+    """Raises a ValueError naming the data sets there are, unless `name` is one."""
+    check_choice("data set", name, DATASETS)
 
 
 def _find_file(directory: Path, stem: str) -> Path:
@@ -133,6 +136,7 @@ def _load_cifar_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _load_tfds(name: str):
+    # A local import: tensorflow-datasets takes seconds to import and is needed only without local files.
     import tensorflow_datasets as tfds
 
     try:
@@ -162,7 +166,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None):
     Returns:
         `(x_train, y_train), (x_test, y_test)`.
     """
-    _check_name(name)
+    check_dataset_name(name)
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir is None:
         train, test = _load_tfds(name)
@@ -214,18 +218,6 @@ def five_by_two_folds(
     return folds
 
 
-def check_images(x, what: str = "inputs") -> None:
-    """Raises a ValueError naming the problem when `x` is not an image batch in [0, 1]."""
-    x = np.asarray(x)
-    if x.ndim < 2:
-        raise ValueError(f"{what} must be a batch (rank >= 2); got shape {x.shape}.")
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise ValueError(
-            f"{what} must lie in [0, 1]; found values in [{x.min():.4g}, {x.max():.4g}]. "
-            "Scale images to [0, 1] (e.g. divide uint8 pixels by 255)."
-        )
-
-
 def make_dataset(x, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
                  drop_remainder: bool = False):
     """A shuffled, batched, prefetched `tf.data.Dataset` of `(x, y)`.
@@ -233,11 +225,9 @@ def make_dataset(x, y, batch_size: int = 100, shuffle: bool = True, seed: int = 
     The pipeline holds no Python generator, so `tf.distribute` strategies can
     split its batches across replicas.
     """
-    import tensorflow as tf
-
     check_images(x)
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length: {len(x)} images, {len(y)} labels.")
+    check_same_length(x, y)
+    check_count("batch_size", batch_size)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)

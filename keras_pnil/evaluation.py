@@ -6,13 +6,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from keras_pnil.attacks import GRADIENT_FREE, get_attack, pgd, square
+from keras_pnil.attacks.pgd import pgd
+from keras_pnil.attacks.registry import get_attack
+from keras_pnil.attacks.square import square
 from keras_pnil.layers import LOG_VARIANCE_RANGE, has_random_layer
+from keras_pnil.validation import check_choice
 
 # Absolute accuracy margins (fractions) behind the gradient-masking checks.
 GRADIENT_FREE_MARGIN = 0.05
 CONVERGENCE_MARGIN = 0.03
 LARGE_EPSILON_CEILING = 0.10
+ACCURACY_MODES = ("expected", "mean_softmax")
 
 
 def per_example_correct(model, x, y, draws: int = 1, mode: str = "expected",
@@ -25,8 +29,7 @@ def per_example_correct(model, x, y, draws: int = 1, mode: str = "expected",
     1 if the softmax averaged over `draws` passes predicts the label, else 0.
     A deterministic model gives 0/1 either way.
     """
-    if mode not in ("expected", "mean_softmax"):
-        raise ValueError(f"Unknown accuracy mode {mode!r}; expected 'expected' or 'mean_softmax'.")
+    check_choice("accuracy mode", mode, ACCURACY_MODES)
     draws = draws if has_random_layer(model) else 1
     y = np.asarray(y)
     out = np.empty(len(x), np.float64)
@@ -56,8 +59,9 @@ class Budget:
     num_images: int
     pgd_steps: int = 50
     pgd_step_size: float | None = None
+    pgd_restarts: int = 1
     spsa_steps: int = 100
-    spsa_samples: int = 2048
+    spsa_samples: int = 2048  # SPSA's finite-difference perturbations per image and step
     spsa_images: int = 1000
     spsa_learning_rate: float = 0.01
     spsa_delta: float = 0.01
@@ -76,17 +80,12 @@ class Budget:
     def describe(self) -> str:
         """One line naming the budget of the attacks that ran, labelled REDUCED unless it is the paper's."""
         label = "paper protocol" if self.is_paper_protocol() else "REDUCED budget (not the paper's protocol)"
-        used = set(self.attacks)
+        values = asdict(self)
         parts = [f"{label}: ε={self.epsilon:.4g}, {self.num_images} test images "
                  f"(subset of {min(self.spsa_images, self.num_images)} for SPSA, Square, AutoAttack)"]
-        if used & {"pgd", "pgd-no-eot"}:
-            parts.append(f"PGD {self.pgd_steps} steps")
-        if "spsa" in used:
-            parts.append(f"SPSA {self.spsa_steps} steps × {self.spsa_samples} samples")
-        if used & {"apgd-ce", "apgd-dlr", "autoattack"}:
-            parts.append(f"APGD {self.apgd_steps} steps")
-        parts.append(f"Square {self.square_queries} queries" + ("" if used & {"square", "autoattack"}
-                                                                 else " (masking witness)"))
+        parts += dict.fromkeys(get_attack(name).describe(values) for name in self.attacks)
+        if "square" not in self.attacks:
+            parts.append(f"Square {self.square_queries} queries (masking witness)")
         parts.append(f"EOT {self.eot_samples} samples, accuracy over {self.accuracy_draws} draws"
                      + (f", {self.epochs} training epochs" if self.epochs is not None else ""))
         return ", ".join(parts)
@@ -108,57 +107,34 @@ class RobustnessResult:
         return asdict(self)
 
 
-# Attacks cheap enough to run on every image; the others run on the seeded subset.
-FULL_SET_ATTACKS = ("pgd", "pgd-no-eot", "apgd-ce", "apgd-dlr")
-
-
-def _attack_options(name: str, budget: Budget) -> dict:
-    options = {
-        "pgd": dict(steps=budget.pgd_steps, step_size=budget.pgd_step_size),
-        "spsa": dict(steps=budget.spsa_steps, samples=budget.spsa_samples,
-                     learning_rate=budget.spsa_learning_rate, delta=budget.spsa_delta),
-        "square": dict(queries=budget.square_queries),
-        "autoattack": dict(steps=budget.apgd_steps, queries=budget.square_queries),
-    }
-    options["pgd-no-eot"] = {**options["pgd"], "eot_samples": 1}
-    return {"eot_samples": budget.eot_samples, **options.get(name, dict(steps=budget.apgd_steps))}
-
-
-def _run_attack(name, model, x, y, budget: Budget) -> np.ndarray:
-    x_adv = get_attack(name)(model, x, y, budget.epsilon, **_attack_options(name, budget))
-    return x_adv[0] if isinstance(x_adv, tuple) else x_adv  # autoattack also returns its report
-
-
 def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: int = 0,
                checks: bool = True, progress=print, **budget_options) -> RobustnessResult:
     """Accuracy under each attack, the effective robustness (Min) and the per-example worst case.
 
-    Attacks: "pgd", "spsa", "apgd-ce", "apgd-dlr", "square", "autoattack", and
-    "pgd-no-eot" (PGD with one noise draw per step, to see what EOT adds).
-    PGD and APGD run on all of `x`; the others (and the worst case) on a seeded
+    Attacks are names from `keras_pnil.attacks.ATTACKS` ("pgd", "spsa",
+    "apgd-ce", "apgd-dlr", "square", "autoattack", "pgd-no-eot"). Gradient
+    attacks run on all of `x`; the others (and the worst case) on a seeded
     random subset of `spsa_images` images, whose indices are returned. Keyword
     options set the `Budget` (pgd_steps, spsa_samples, apgd_steps,
     square_queries, eot_samples, ...); for a model with a random layer
     `eot_samples` should be > 1 (the paper uses 100).
     """
-    for name in attacks:
-        get_attack(name)  # unknown names fail before any work is done
+    specs = [get_attack(name) for name in attacks]  # unknown names fail before any work is done
     x, y = np.asarray(x, np.float32), np.asarray(y)
     budget = Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **budget_options)
-    draws = budget.accuracy_draws
+    values, draws = asdict(budget), budget.accuracy_draws
     rng = np.random.default_rng(seed)
     subset = np.sort(rng.choice(len(x), size=min(budget.spsa_images, len(x)), replace=False))
     correct = {"clean": per_example_correct(model, x, y, draws)}
-    for name in attacks:
-        idx = np.arange(len(x)) if name in FULL_SET_ATTACKS else subset
-        progress(f"[{name}] attacking {len(idx)} images ...")
-        x_adv = _run_attack(name, model, x[idx], y[idx], budget)
-        full = np.full(len(x), np.nan)
-        full[idx] = per_example_correct(model, x_adv, y[idx], draws)
-        correct[name] = full
-        progress(f"[{name}] accuracy {np.nanmean(full):.4f}")
-    per_attack = {name: float(np.nanmean(correct[name])) for name in attacks}
-    on_subset = np.min([correct[name][subset] for name in attacks], axis=0) if attacks else correct["clean"][subset]
+    for spec in specs:
+        idx = np.arange(len(x)) if spec.full_set else subset
+        progress(f"[{spec.name}] attacking {len(idx)} images ...")
+        x_adv = spec(model, x[idx], y[idx], budget.epsilon, values, seed=seed)
+        correct[spec.name] = np.full(len(x), np.nan)
+        correct[spec.name][idx] = per_example_correct(model, x_adv, y[idx], draws)
+        progress(f"[{spec.name}] accuracy {np.nanmean(correct[spec.name]):.4f}")
+    per_attack = {spec.name: float(np.nanmean(correct[spec.name])) for spec in specs}
+    on_subset = np.min([correct[name][subset] for name in (*per_attack, "clean")], axis=0)
     result = RobustnessResult(
         clean=float(correct["clean"].mean()), attacks=per_attack,
         effective=min(per_attack.values()) if per_attack else float(correct["clean"].mean()),
@@ -188,14 +164,15 @@ def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, 
     results, eot = [], budget.eot_samples
     if "square" not in correct:
         progress(f"[checks] Square ({budget.square_queries} queries) as a gradient-free witness ...")
-        x_square = square(model, x, y, budget.epsilon, budget.square_queries, eot_samples=eot)
+        x_square = square(model, x, y, budget.epsilon, queries=budget.square_queries, eot_samples=eot)
         correct = {**correct, "square": np.full(len(correct["clean"]), np.nan)}
         correct["square"][subset] = per_example_correct(model, x_square, y, budget.accuracy_draws)
-    gradient = [n for n in correct if n in FULL_SET_ATTACKS]
+    attacked = [get_attack(name) for name in correct if name != "clean"]
+    gradient = [spec.name for spec in attacked if spec.full_set and not spec.gradient_free]
     if gradient:
         strongest = min(gradient, key=lambda n: np.mean(correct[n][subset]))
         best = float(np.mean(correct[strongest][subset]))
-        for name in (n for n in correct if n in GRADIENT_FREE):
+        for name in (spec.name for spec in attacked if spec.gradient_free):
             gap = best - float(np.mean(correct[name][subset]))
             results.append(_check(f"{name} vs {strongest}", -gap, gap > GRADIENT_FREE_MARGIN,
                                   f"{name} accuracy minus {strongest}'s on the same {len(subset)} images: {-gap:+.3f}"))
@@ -215,19 +192,18 @@ def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, 
 
 
 def _accuracy_after_pgd(model, x, y, epsilon, steps, eot_samples, draws, step_size=None) -> float:
-    step_size = 2.5 * epsilon / steps if step_size is None else step_size
-    x_adv = pgd(model, x, y, epsilon, steps=steps, step_size=min(step_size, epsilon), eot_samples=eot_samples)
+    x_adv = pgd(model, x, y, epsilon, steps=steps, step_size=step_size, eot_samples=eot_samples)
     return accuracy(model, x_adv, y, draws)
 
 
 def epsilon_sweep(model, x, y, epsilons, steps: int = 50, eot_samples: int = 1, draws: int = 10) -> list:
     """PGD accuracy at each ε (the paper's Figure 5); it should fall towards 0."""
-    return [_accuracy_after_pgd(model, x, y, e, steps, eot_samples, draws, 2 * e / steps) for e in epsilons]
+    return [_accuracy_after_pgd(model, x, y, e, steps, eot_samples, draws) for e in epsilons]
 
 
 def eot_curve(model, x, y, epsilon: float, samples_list, steps: int = 50, draws: int = 10) -> list:
     """PGD accuracy against the number of EOT samples (the paper's Figure 4)."""
-    return [_accuracy_after_pgd(model, x, y, epsilon, steps, s, draws, 2 * epsilon / steps) for s in samples_list]
+    return [_accuracy_after_pgd(model, x, y, epsilon, steps, s, draws) for s in samples_list]
 
 
 def pnil_structure(layer, x, object_threshold: float = 0.5, background_threshold: float = 0.05) -> dict:
@@ -246,4 +222,5 @@ def pnil_structure(layer, x, object_threshold: float = 0.5, background_threshold
     on, off = x > object_threshold, x < background_threshold
     return {"sigma_object": float(sigma[on].mean()), "sigma_background": float(sigma[off].mean()),
             "init_sigma_object": float(sigma0[on].mean()), "init_sigma_background": float(sigma0[off].mean()),
-            "mean_bias": float(layer.bias.numpy().mean()), "mean_abs_kernel": float(np.abs(layer.kernel.numpy()).mean())}
+            "mean_bias": float(layer.bias.numpy().mean()),
+            "mean_abs_kernel": float(np.abs(layer.kernel.numpy()).mean())}

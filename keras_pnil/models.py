@@ -8,6 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from keras_pnil.data import IMAGE_SHAPES, check_dataset_name
 from keras_pnil.layers import PixelwiseNoiseInjection
 
 
@@ -77,8 +78,6 @@ def resnet11(
 
 def for_dataset(dataset: str, pnil: bool = False, seed: int | None = None, **kwargs) -> keras.Model:
     """The paper's network for `dataset`: ResNet11 for CIFAR-10, else the small CNN."""
-    from keras_pnil.data import IMAGE_SHAPES, _check_name
-
-    _check_name(dataset)
+    check_dataset_name(dataset)
     build = resnet11 if dataset == "cifar10" else small_cnn
     return build(IMAGE_SHAPES[dataset], pnil=pnil, seed=seed, **kwargs)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
+import os
+import platform
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-from keras_pnil.callbacks import atomic_write_text
+from keras_pnil.attacks.registry import ATTACKS
+from keras_pnil.files import atomic_write_bytes, atomic_write_text
 from keras_pnil.stats import ALPHA, corrected_resampled_ttest, mean_std
 
 COLUMNS = ("clean", "spsa", "pgd", "min")  # the paper's; other attacks get columns before Min
-ATTACK_COLUMNS = ("spsa", "pgd", "pgd-no-eot", "apgd-ce", "apgd-dlr", "square", "autoattack")
+ATTACK_COLUMNS = ("spsa", "pgd", *(name for name in ATTACKS if name not in ("spsa", "pgd")))
 DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 # Table 1 of Schwinn et al. (percent, mean ± std over 5×2 folds): (clean, spsa, pgd, min).
@@ -69,7 +74,8 @@ def significance(records) -> dict:
 def table_rows(records) -> tuple[list[str], list[list[str]]]:
     """Header and rows: ours (mean ± std %) with the paper's row below each; Min marked, * = significant."""
     groups, tests = _group(records), significance(records)
-    methods = sorted({m for _, _, m in groups}, key=lambda m: ("rfgsm", "nfgsm").index(m) if m in ("rfgsm", "nfgsm") else 9)
+    paper_order = ("rfgsm", "nfgsm")
+    methods = sorted({m for _, _, m in groups}, key=lambda m: paper_order.index(m) if m in paper_order else 9)
     shown = columns(records)
     header = ["data set", "model", "source"] + [f"{m.upper()} {c.capitalize() if c in ('clean', 'min') else c.upper()}"
                                                 for m in methods for c in shown]
@@ -79,7 +85,7 @@ def table_rows(records) -> tuple[list[str], list[list[str]]]:
         for method in methods:
             cols = groups.get((dataset, pnil, method), {})
             significant = tests.get((dataset, method), (0, 1))[1] < ALPHA
-            published = dict(zip(COLUMNS, PAPER_TABLE1.get((dataset, pnil, method), ("–",) * 4)))
+            published = dict(zip(COLUMNS, PAPER_TABLE1.get((dataset, pnil, method), ("–",) * 4), strict=True))
             for column in shown:
                 text = _cell(cols[column]) if cols.get(column) else "–"
                 if column == "min" and cols.get(column):
@@ -147,6 +153,7 @@ def write_tables(records, out_dir, budget: str | None = None, name: str = "table
 
 
 def _figure():
+    # A local import: matplotlib is slow to import and needed only for figures; Agg draws without a screen.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,10 +165,9 @@ def _figure():
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_pnil_maps(layer, image, path, title: str = "") -> Path:
@@ -176,7 +182,7 @@ def plot_pnil_maps(layer, image, path, title: str = "") -> Path:
     channels = image.shape[-1]
     fig, axes = plt.subplots(channels, len(maps), figsize=(3 * len(maps), 3 * channels), squeeze=False)
     for c in range(channels):
-        for ax, (name, value) in zip(axes[c], maps.items()):
+        for ax, (name, value) in zip(axes[c], maps.items(), strict=True):
             shown = ax.imshow(value[..., c], cmap="gray" if "X" in name.split()[-1] else "viridis")
             ax.set_title(name if channels == 1 else f"{name} [ch {c}]")
             ax.axis("off")
@@ -207,14 +213,10 @@ def plot_curve(x, series: dict, path, xlabel: str, title: str, log_x: bool = Fal
 
 
 def _device() -> str:
-    import os
-    import platform
-
-    import tensorflow as tf
-
     gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
             for g in tf.config.list_physical_devices("GPU")]
-    return ", ".join(gpus) if gpus else f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    cpu = platform.processor() or platform.machine()
+    return ", ".join(gpus) if gpus else f"CPU only ({os.cpu_count()} cores, {cpu})"
 
 
 def _percent(value) -> str:
@@ -284,7 +286,8 @@ def plot_training_curves(histories: dict, path, title: str) -> Path:
 
 def structure_markdown(structure: dict) -> str:
     """The learned PNIL's noise σ on object and background pixels against its initial σ."""
-    lines = ["| run | σ object | σ background | background / object | initial σ (object / background) | mean B | mean abs W |",
+    lines = ["| run | σ object | σ background | background / object | initial σ (object / background) "
+             "| mean B | mean abs W |",
              "|---|---|---|---|---|---|---|"]
     for name, s in structure.items():
         lines.append(f"| {name} | {s['sigma_object']:.4f} | {s['sigma_background']:.4f} | "
@@ -323,13 +326,12 @@ def training_columns(specs, runs_dir, timings: dict) -> dict:
 def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dict, tables: dict, specs,
                   runs_dir) -> str:
     """The Markdown summary a reproduce run writes next to its tables and figures."""
-    import datetime
-
     datasets = ",".join(dict.fromkeys(s.dataset for s in specs))
     settings = suite["budgets"][budget]
     parts = [
         f"# {suite['title']}: `{budget}` budget\n",
-        f"Generated by `keras-pnil-reproduce --suite {Path(suite['path']).stem} --budget {budget} --datasets {datasets}`"
+        f"Generated by `keras-pnil-reproduce --suite {Path(suite['path']).stem} --budget {budget} "
+        f"--datasets {datasets}`"
         f" on {datetime.date.today().isoformat()}; device: {_device()}. Wall time: {timings_markdown(timings)}.\n",
         f"Budget: {settings['about']}\n",
     ]

@@ -15,8 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
+import tensorflow as tf
 
-from keras_pnil.callbacks import atomic_write_text
+from keras_pnil import data, evaluation, models, report, runs
+from keras_pnil.attacks.registry import get_attack
+from keras_pnil.files import atomic_write_json, atomic_write_text
+from keras_pnil.layers import find_pnil
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
@@ -69,25 +74,22 @@ def grid(suite: dict, budget: str, datasets=None) -> list[RunSpec]:
             for p in options.get("pnil", suite["pnil"]) for f in suite["budgets"][budget]["folds"]]
 
 
-def _flags(options: dict) -> list[str]:
-    """{"train_size": 4000, "pnil": False} → ["--train-size", "4000", "--no-pnil"]."""
-    argv = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + flag[2:])
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def train_argv(suite: dict, budget: str, spec: RunSpec, out: Path) -> list[str]:
-    """The `keras-pnil-train` arguments of one run."""
+def _method_settings(suite: dict, spec: RunSpec) -> tuple[dict, dict]:
+    """The method's training file (train/*.json) and the suite's options for it."""
     method = {k: v for k, v in suite["methods"][spec.method].items() if k != "pnil"}
-    config = REPOSITORY / method.pop("config").format(dataset=spec.dataset)
-    options = {**suite["datasets"][spec.dataset], **method, **suite["budgets"][budget]["train"],
-               "pnil": spec.pnil, "fold": spec.fold}
-    return ["--config", str(config), *_flags(options), "--out", str(out)]
+    path = REPOSITORY / method.pop("config").format(dataset=spec.dataset)
+    try:
+        return json.loads(path.read_text()), method
+    except (OSError, json.JSONDecodeError) as err:
+        raise SuiteError(f"cannot read training configuration {path}: {err}") from None
+
+
+def train_config(suite: dict, budget: str, spec: RunSpec, data_dir=None) -> dict:
+    """One run's validated training configuration: its train/*.json file, then the suite's options."""
+    defaults, method = _method_settings(suite, spec)
+    options = {**defaults, **suite["datasets"][spec.dataset], **method, **suite["budgets"][budget]["train"],
+               "pnil": spec.pnil, "fold": spec.fold, "data_dir": data_dir}
+    return runs.training_config(options)
 
 
 # ---------------------------------------------------------------- cost estimate
@@ -102,14 +104,12 @@ def _training_units(options: dict, n_train: int) -> float:
 
 def _evaluation_units(budget: dict, eot: int, attacks) -> float:
     """Forward-pass equivalents of one run's evaluation, masking checks included."""
-    n, s = budget["num_images"], budget["spsa_images"]
-    apgd, square = budget.get("apgd_steps", 100) * eot * 3, budget.get("square_queries", 5000) * eot
-    per_image = {"pgd": n * budget["pgd_steps"] * eot * 3, "pgd-no-eot": n * budget["pgd_steps"] * 3,
-                 "apgd-ce": n * apgd, "apgd-dlr": n * apgd, "square": s * square,
-                 "spsa": s * budget["spsa_steps"] * budget["spsa_samples"] * eot,
-                 "autoattack": s * (2 * apgd + (square if eot == 1 else 0))}
-    checks = s * budget["pgd_steps"] * eot * 3 * 5 + (0 if "square" in attacks else s * square)
-    return n * budget["accuracy_draws"] * 2 + sum(per_image[a] for a in attacks) + checks
+    values = {**evaluation.Budget(epsilon=0.1, num_images=budget["num_images"]).__dict__, **budget}
+    n, s = values["num_images"], min(values["spsa_images"], values["num_images"])
+    per_attack = [(n if spec.full_set else s) * spec.cost(values, eot) for spec in map(get_attack, attacks)]
+    square = 0 if "square" in attacks else s * get_attack("square").cost(values, eot)
+    checks = s * values["pgd_steps"] * eot * 3 * 5 + square  # large-ε PGD and doubled PGD
+    return n * values["accuracy_draws"] * 2 + sum(per_attack) + checks
 
 
 def _figure_units(figures: dict, methods: int) -> float:
@@ -122,10 +122,6 @@ def _figure_units(figures: dict, methods: int) -> float:
 
 def forward_throughput(dataset: str, batch_size: int = 500, repeats: int = 3) -> float:
     """Images per second of a compiled forward pass of the data set's model, measured here."""
-    import tensorflow as tf
-
-    from keras_pnil import data, models
-
     model = models.for_dataset(dataset, pnil=True)
     forward = tf.function(lambda x: model(x, training=False))
     x = tf.random.uniform((batch_size, *data.IMAGE_SHAPES[dataset]))
@@ -140,8 +136,7 @@ def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: di
     """Estimated seconds per data set, from pass counts and measured forward throughput."""
     settings, seconds = suite["budgets"][budget], {}
     for spec in specs:
-        method = {k: v for k, v in suite["methods"][spec.method].items() if k != "pnil"}
-        config = json.loads((REPOSITORY / method.pop("config").format(dataset=spec.dataset)).read_text())
+        config, method = _method_settings(suite, spec)
         units = _training_units({**config, **method, **settings["train"]}, OFFICIAL_SIZES[spec.dataset][0] // 2)
         units += _evaluation_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
                                    suite["attacks"])
@@ -163,7 +158,7 @@ class FigureCache:
     def get(self, key: str, compute):
         if key not in self.values:
             self.values[key] = compute()
-            atomic_write_text(self.path, json.dumps({"settings": self.settings, "values": self.values}, indent=2))
+            atomic_write_json(self.path, {"settings": self.settings, "values": self.values})
         return self.values[key]
 
 
@@ -173,9 +168,6 @@ def _label(spec: RunSpec) -> str:
 
 def _run_curves(spec: RunSpec, model, x, y, epsilon: float, settings: dict, cache: FigureCache) -> dict:
     """One model's figure data: its ε sweep (Figure 5) and, with a PNIL, its EOT curve (Figure 4)."""
-    from keras_pnil import evaluation
-    from keras_pnil.layers import find_pnil
-
     curves = {}
     if "epsilon_multiples" in settings:
         eot = settings.get("eot", 1) if spec.pnil else 1
@@ -189,8 +181,6 @@ def _run_curves(spec: RunSpec, model, x, y, epsilon: float, settings: dict, cach
 
 def _plot_dataset(dataset: str, epsilon: float, curves: dict, histories: dict, settings: dict, results_dir: Path):
     """The data set's Figure 4, Figure 5 and training curves, as far as there is data for them."""
-    from keras_pnil import report
-
     steps, paths = settings.get("pgd_steps"), []
     eot = {label: c["eot"] for label, c in curves.items() if "eot" in c}
     sweeps = {label: c["sweep"] for label, c in curves.items() if "sweep" in c}
@@ -209,9 +199,6 @@ def _plot_dataset(dataset: str, epsilon: float, curves: dict, histories: dict, s
 
 def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache: dict) -> dict:
     """Figures from the first fold's models, and how much structure each PNIL learned."""
-    from keras_pnil import cli, evaluation, report
-    from keras_pnil.layers import find_pnil
-
     settings = suite["budgets"][budget]["figures"]
     cache = FigureCache(runs_dir / "figures.json", settings)
     first_fold = suite["budgets"][budget]["folds"][0]
@@ -220,8 +207,8 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
         chosen = [s for s in specs if s.dataset == dataset and s.fold == first_fold]
         curves = {}
         for spec in chosen:
-            config, model = cli.load_run(runs_dir / spec.name)
-            x, y = cli.evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
+            config, model = runs.load_run(runs_dir / spec.name)
+            x, y = runs.evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
             curves[_label(spec)] = _run_curves(spec, model, x, y, config["epsilon"], settings, cache)
             layer = find_pnil(model)
             if layer is not None:
@@ -244,10 +231,6 @@ def _timed(timings: dict, key: str, fn):
 def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce", results_root="docs/results",
               data_dir=None, suite_name: str = "table1") -> Path:
     """Trains, evaluates and reports the suite's grid; returns the summary's path. Safe to rerun."""
-    import keras
-
-    from keras_pnil import cli, data, report
-
     specs = grid(suite, budget, datasets)
     runs_dir, results_dir = Path(runs_root) / suite_name / budget, Path(results_root) / suite_name / budget
     for path in (runs_dir, results_dir):
@@ -260,15 +243,19 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
         if spec.dataset not in data_cache:
             data_cache[spec.dataset] = data.load_dataset(spec.dataset, data_dir)
         keras.backend.clear_session()
-        argv = train_argv(suite, budget, spec, runs_dir / spec.name) + (["--data-dir", data_dir] if data_dir else [])
-        _timed(timings, f"train/{spec.name}", lambda: cli.train_main(argv))
-        atomic_write_text(timings_path, json.dumps(timings, indent=2))  # kept if the evaluation is killed
-        records.append(_timed(timings, f"evaluate/{spec.name}", lambda: cli.evaluate_run(
+        run = runs_dir / spec.name
+        if runs.is_finished(run):
+            print(f"{run} holds a finished run: not trained again")
+        else:
+            config = train_config(suite, budget, spec, data_dir)
+            _timed(timings, f"train/{spec.name}", lambda: print(runs.train_run(config, run, data_cache[spec.dataset])))
+        atomic_write_json(timings_path, timings)  # kept if the evaluation is killed
+        records.append(_timed(timings, f"evaluate/{spec.name}", lambda: runs.evaluate_run(
             runs_dir / spec.name, tuple(suite["attacks"]), settings["evaluate"], runs_dir / "evaluation",
             data_cache, data_dir=data_dir, reuse=True, label=spec.method)))
-        atomic_write_text(timings_path, json.dumps(timings, indent=2))
+        atomic_write_json(timings_path, timings)
     figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))
-    atomic_write_text(timings_path, json.dumps(timings, indent=2))
+    atomic_write_json(timings_path, timings)
     tables = report.write_tables(records, results_dir)
     summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs, runs_dir)
     path = results_dir / "summary.md"

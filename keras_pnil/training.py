@@ -8,30 +8,12 @@ distribution strategies and mixed precision work unchanged.
 
 from __future__ import annotations
 
-import os
-
 import keras
 import tensorflow as tf
 
-from keras_pnil.attacks import input_gradient
-
-
-def _check_epsilon(epsilon: float) -> float:
-    if not isinstance(epsilon, (int, float)) or not 0.0 < epsilon < 1.0:
-        raise ValueError(f"epsilon must be a number in (0, 1) for pixels in [0, 1]; got {epsilon!r}.")
-    return float(epsilon)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive number; got {value!r}.")
-    return float(value)
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
-    return value
+from keras_pnil.attacks.eot import input_gradient
+from keras_pnil.attacks.pgd import default_step_size
+from keras_pnil.validation import check_choice, check_count, check_epsilon, check_images, check_positive
 
 
 def _uniform(x, radius: float):
@@ -48,7 +30,7 @@ class Perturbation:
     name = "perturbation"
 
     def __init__(self, epsilon: float):
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
 
     def __call__(self, model_fn, x, y):
         raise NotImplementedError
@@ -83,7 +65,7 @@ class RFGSM(Perturbation):
 
     def __init__(self, epsilon: float, alpha: float | None = None):
         super().__init__(epsilon)
-        self.alpha = 1.2 * self.epsilon if alpha is None else _check_positive("alpha", alpha)
+        self.alpha = 1.2 * self.epsilon if alpha is None else check_positive("alpha", alpha)
 
     def __call__(self, model_fn, x, y):
         start = tf.clip_by_value(x + _uniform(x, self.epsilon), 0.0, 1.0)
@@ -107,8 +89,8 @@ class NFGSM(Perturbation):
 
     def __init__(self, epsilon: float, eot_samples: int = 1, noise_multiplier: float = 1.0):
         super().__init__(epsilon)
-        self.eot_samples = _check_count("eot_samples", eot_samples)
-        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier)
+        self.eot_samples = check_count("eot_samples", eot_samples)
+        self.noise_multiplier = check_positive("noise_multiplier", noise_multiplier)
 
     def __call__(self, model_fn, x, y):
         noisy = x + _uniform(x, self.noise_multiplier * self.epsilon)
@@ -117,15 +99,19 @@ class NFGSM(Perturbation):
 
 
 class PGD(Perturbation):
-    """k-step L∞ PGD with a random start (Madry et al.): the expensive baseline."""
+    """k-step L∞ PGD with a random start (Madry et al.): the expensive baseline.
+
+    The default step is the attacks' (2ε/steps), so training and evaluation
+    mean the same thing by "PGD-k".
+    """
 
     name = "pgd"
 
     def __init__(self, epsilon: float, steps: int = 7, step_size: float | None = None):
         super().__init__(epsilon)
-        self.steps = _check_count("steps", steps)
-        default_step = 2.5 * self.epsilon / self.steps
-        self.step_size = default_step if step_size is None else _check_positive("step_size", step_size)
+        self.steps = check_count("steps", steps)
+        self.step_size = (default_step_size(self.epsilon, self.steps) if step_size is None
+                          else check_positive("step_size", step_size))
 
     def __call__(self, model_fn, x, y):
         adv = tf.clip_by_value(x + _uniform(x, self.epsilon), 0.0, 1.0)
@@ -140,8 +126,7 @@ METHODS = {cls.name: cls for cls in (Clean, FGSM, RFGSM, NFGSM, PGD)}
 
 def get_perturbation(method: str, epsilon: float, **options) -> Perturbation:
     """The training perturbation named `method`, with its options validated."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown training method {method!r}; expected one of {sorted(METHODS)}.")
+    check_choice("training method", method, METHODS)
     try:
         return METHODS[method](epsilon, **options)
     except TypeError as err:
@@ -196,8 +181,6 @@ class AdversarialModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         if isinstance(x, (list, tuple)) or hasattr(x, "__array__"):
-            from keras_pnil.data import check_images
-
             check_images(x, "training images")
         return super().fit(x, y, *args, **kwargs)
 
@@ -231,67 +214,3 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
         )
     return AdversarialModel(inputs, outputs, method=method, epsilon=epsilon,
                             method_options=options, name=model.name)
-
-
-def _compile(trainer: keras.Model, base_lr: float, max_lr: float, steps_per_epoch: int) -> None:
-    from keras_pnil.schedules import CyclicalLearningRate
-
-    # The paper: Adam (0.9, 0.999) with a triangular cyclical rate; half-cycles of 2 epochs (Smith).
-    schedule = CyclicalLearningRate(base_lr, max_lr, step_size=2 * steps_per_epoch)
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-
-
-def _range_test_bounds(config: dict, train_ds, out) -> tuple[float, float]:
-    from keras_pnil import models
-    from keras_pnil.callbacks import atomic_write_text
-    from keras_pnil.schedules import lr_range_test
-
-    probe = adversarial(models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"]),
-                        config["method"], config["epsilon"], **config["method_options"])
-    probe.compile(optimizer=keras.optimizers.Adam(1e-5),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history, bounds = lr_range_test(probe, train_ds, min_lr=1e-5, max_lr=1e-1)
-    atomic_write_text(out / "lr_range_test.csv", "lr,loss\n" + "".join(f"{r},{l}\n" for r, l in history))
-    print(f"LR range test suggests a cyclical rate in [{bounds[0]:.2e}, {bounds[1]:.2e}]")
-    return bounds
-
-
-def fit_run(config: dict, strategy, train_ds, val_ds, steps_per_epoch: int, monitor_data, out) -> dict:
-    """The train command's loop: build, compile, fit with resume and checkpoint selection, save.
-
-    `out` receives the model (`model.keras`, a plain Keras model), the
-    configuration, the history (CSV), TensorBoard logs, the best checkpoint and
-    a backup that a restarted run resumes from (losing only a partial epoch).
-    """
-    from pathlib import Path
-
-    from keras_pnil import models
-    from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, atomic_write_text
-
-    out = Path(out)
-    with strategy.scope():
-        if config.get("lr_range_test") and "lr_bounds" not in config:
-            config["base_lr"], config["max_lr"] = _range_test_bounds(config, train_ds, out)
-            config["lr_bounds"] = "range test"
-        model = models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"])
-        trainer = adversarial(model, config["method"], config["epsilon"], **config["method_options"])
-        _compile(trainer, config["base_lr"], config["max_lr"], steps_per_epoch)
-    import json
-
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2))
-    callbacks = [
-        CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
-                                       eot_samples=config.get("monitor_eot", 4)),
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
-        BestCheckpoint(out / "best"),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out / "logs")),
-    ]
-    history = trainer.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
-                          verbose=2 if os.environ.get("CI") else 1)
-    tmp = out / ".model.tmp.keras"
-    trainer.save(tmp)
-    os.replace(tmp, out / "model.keras")
-    return history.history

@@ -108,14 +108,14 @@ def test_cifar10_wrong_size_is_named(tmp_path):
 def test_five_by_two_folds_partition_and_reproduce():
     folds = five_by_two_folds(100, 20, seed=3)
     assert len(folds) == 10
-    for a, b in zip(folds[::2], folds[1::2]):
+    for a, b in zip(folds[::2], folds[1::2], strict=True):
         assert np.array_equal(a.train, b.test) and np.array_equal(a.test, b.train)
         assert sorted(np.concatenate([a.train, a.test])) == list(range(100))
         assert sorted(np.concatenate([a.validation, b.validation])) == list(range(20))
     assert not np.array_equal(folds[0].train, folds[2].train)  # repetitions reshuffle
     again = five_by_two_folds(100, 20, seed=3)
     assert all(np.array_equal(f.train, g.train) and np.array_equal(f.validation, g.validation)
-               for f, g in zip(folds, again))
+               for f, g in zip(folds, again, strict=True))
 
 
 def test_make_dataset_batches_and_rejects_bad_range():

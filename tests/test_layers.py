@@ -76,7 +76,7 @@ def test_save_and_load_round_trip(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)  # safe mode: needs the registered class only
     assert isinstance(loaded.layers[1], PixelwiseNoiseInjection)
-    for a, b in zip(model.get_weights(), loaded.get_weights()):
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert loaded.layers[1].get_config()["seed"] == 3
 

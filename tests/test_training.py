@@ -101,7 +101,7 @@ def test_fit_trains_with_each_method_and_saves_a_plain_model(method, mnist, tmp_
     trainer.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded) is not kp.AdversarialModel
-    for a, b in zip(model.get_weights(), loaded.get_weights()):
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -150,7 +150,7 @@ def test_overfitting_monitor_logs_pgd_accuracy_and_stops_on_collapse(mnist, monk
     fresh = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2, early_stop=True)
     history = trainer.fit(x[:200], y[:200], epochs=5, verbose=0, callbacks=[fresh, keep])
     assert len(history.history["loss"]) == 2
-    for a, b in zip(trainer.get_weights(), weights[0]):
+    for a, b in zip(trainer.get_weights(), weights[0], strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -167,7 +167,7 @@ def test_mirrored_strategy_matches_one_device(mnist):
     one, two = tf.distribute.OneDeviceStrategy("/cpu:0"), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     # Deterministic method: the all-reduced gradients equal the single-device ones up to float rounding.
     a, b = _fit_under(one, "fgsm", x[:1000], y[:1000]), _fit_under(two, "fgsm", x[:1000], y[:1000])
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
     # NFGSM draws its noise per replica, so runs differ; their accuracies agree within 5 points.
     a, b = (_fit_under(s, "nfgsm", x[:2000], y[:2000], epsilon=8 / 255) for s in (one, two))

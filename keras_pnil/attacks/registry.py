@@ -1,0 +1,108 @@
+"""One entry per attack: its function, the budget keys it reads, what it costs and how it is described.
+
+Every registered function is called the same way, `attack(model, x, y,
+epsilon, *, eot_samples, batch_size, seed, **its budget)`, and returns the
+adversarial images as a NumPy array. Evaluation, reports, cost estimates and
+the commands read this table, so adding an attack is one module and one
+`register` call here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from keras_pnil.attacks.apgd import apgd
+from keras_pnil.attacks.autoattack import autoattack
+from keras_pnil.attacks.pgd import pgd
+from keras_pnil.attacks.spsa import spsa
+from keras_pnil.attacks.square import square
+
+# A backward pass costs about two forward passes; costs below count forward-pass equivalents.
+GRADIENT_COST = 3
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """How evaluation runs one attack.
+
+    Attributes:
+        name: The name used in `--attacks`, tables and results.
+        function: The attack, following the package's calling convention.
+        budget_keys: Budget field → the function's keyword it sets.
+        describe: Budget → the words that name this attack's budget.
+        cost: (budget, EOT draws) → forward-pass equivalents per attacked image.
+        options: Keywords fixed whatever the budget.
+        gradient_free: Uses only the model's scores (a witness against gradient masking).
+        full_set: Runs on every evaluation image (else on the budget's seeded subset).
+    """
+
+    name: str
+    function: Callable[..., np.ndarray]
+    budget_keys: Mapping[str, str]
+    describe: Callable[[Mapping], str]
+    cost: Callable[[Mapping, int], float]
+    options: Mapping = field(default_factory=dict)
+    gradient_free: bool = False
+    full_set: bool = True
+
+    def options_for(self, budget: Mapping) -> dict:
+        """The function's keywords under `budget` (EOT draws included)."""
+        chosen = {keyword: budget[key] for key, keyword in self.budget_keys.items() if key in budget}
+        return {"eot_samples": budget.get("eot_samples"), **chosen, **self.options}
+
+    def __call__(self, model, x, y, epsilon: float, budget: Mapping, **overrides) -> np.ndarray:
+        return self.function(model, x, y, epsilon, **{**self.options_for(budget), **overrides})
+
+
+ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register(spec: AttackSpec) -> AttackSpec:
+    """Adds an attack to the registry (a name can be registered once)."""
+    if spec.name in ATTACKS:
+        raise ValueError(f"An attack named {spec.name!r} is already registered.")
+    ATTACKS[spec.name] = spec
+    return spec
+
+
+def get_attack(name: str) -> AttackSpec:
+    """The registered attack named `name`."""
+    if name not in ATTACKS:
+        raise ValueError(f"Unknown attack {name!r}; expected one of {sorted(ATTACKS)}.")
+    return ATTACKS[name]
+
+
+def _pgd_words(b: Mapping) -> str:
+    restarts = b.get("pgd_restarts", 1)
+    return f"PGD {b['pgd_steps']} steps" + (f" × {restarts} restarts" if restarts > 1 else "")
+
+
+def _apgd_cost(b: Mapping, eot: int) -> float:
+    return b["apgd_steps"] * eot * GRADIENT_COST
+
+
+_PGD_KEYS = {"pgd_steps": "steps", "pgd_step_size": "step_size", "pgd_restarts": "restarts"}
+register(AttackSpec("pgd", pgd, _PGD_KEYS, _pgd_words,
+                    lambda b, eot: b["pgd_steps"] * b.get("pgd_restarts", 1) * eot * GRADIENT_COST))
+# One noise draw per step whatever the budget's EOT: shows what EOT adds against a random model.
+register(AttackSpec("pgd-no-eot", pgd, _PGD_KEYS, lambda b: _pgd_words(b) + " (one draw)",
+                    lambda b, eot: b["pgd_steps"] * b.get("pgd_restarts", 1) * GRADIENT_COST,
+                    options={"eot_samples": 1}))
+register(AttackSpec("spsa", spsa, {"spsa_steps": "steps", "spsa_samples": "perturbations",
+                                   "spsa_learning_rate": "learning_rate", "spsa_delta": "delta"},
+                    lambda b: f"SPSA {b['spsa_steps']} steps × {b['spsa_samples']} samples",
+                    lambda b, eot: b["spsa_steps"] * b["spsa_samples"] * eot, gradient_free=True, full_set=False))
+for _loss in ("ce", "dlr"):
+    register(AttackSpec(f"apgd-{_loss}", apgd, {"apgd_steps": "steps"},
+                        lambda b: f"APGD {b['apgd_steps']} steps", _apgd_cost, options={"loss": _loss}))
+register(AttackSpec("square", square, {"square_queries": "queries"},
+                    lambda b: f"Square {b['square_queries']} queries",
+                    lambda b, eot: b["square_queries"] * eot, gradient_free=True, full_set=False))
+register(AttackSpec("autoattack", autoattack, {"apgd_steps": "steps", "square_queries": "queries"},
+                    lambda b: f"AutoAttack (APGD {b['apgd_steps']} steps, Square {b['square_queries']} queries)",
+                    # the rand version (random models, EOT > 1) runs no Square
+                    lambda b, eot: 2 * _apgd_cost(b, eot) + (b["square_queries"] if eot == 1 else 0),
+                    full_set=False))

@@ -1,0 +1,51 @@
+"""The paper's training recipe: its network per data set, Adam with a cyclical learning rate, LR range test.
+
+The library's `AdversarialModel` trains any model with any optimizer; this
+module is the train command's choice of both, from a run configuration
+(see `keras_pnil.runs.training_config`).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_pnil import models
+from keras_pnil.schedules import CyclicalLearningRate, lr_range_test
+from keras_pnil.training import AdversarialModel, adversarial
+
+STRATEGIES = ("default", "mirrored")
+
+
+def method_options(config: dict) -> dict:
+    """The training method's own options, from the run configuration."""
+    return {"nfgsm": {"eot_samples": config["eot_samples"], "noise_multiplier": config["noise_multiplier"]},
+            "rfgsm": {"alpha": config["alpha"] or config["alpha_ratio"] * config["epsilon"]},
+            "pgd": {"steps": config["pgd_steps"]}}.get(config["method"], {})
+
+
+def build_trainer(config: dict) -> AdversarialModel:
+    """The data set's network (with a PNIL first if asked), wrapped for the configured training method."""
+    model = models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"])
+    return adversarial(model, config["method"], config["epsilon"], **method_options(config))
+
+
+def compile_trainer(trainer: keras.Model, base_lr: float, max_lr: float, steps_per_epoch: int) -> None:
+    """Adam (0.9, 0.999) with a triangular cyclical rate of half-cycles of 2 epochs (the paper, after Smith)."""
+    schedule = CyclicalLearningRate(base_lr, max_lr, step_size=2 * steps_per_epoch)
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def range_test_bounds(config: dict, train_ds) -> tuple[list, tuple[float, float]]:
+    """Smith's LR range test on a fresh copy of the configured trainer: `(history, (base_lr, max_lr))`."""
+    probe = build_trainer(config)
+    probe.compile(optimizer=keras.optimizers.Adam(1e-5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return lr_range_test(probe, train_ds, min_lr=1e-5, max_lr=1e-1)
+
+
+def strategy(name: str) -> tf.distribute.Strategy:
+    """The distribution strategy named `name`: "default" (one device) or "mirrored" (all local devices)."""
+    return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()

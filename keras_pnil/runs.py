@@ -1,0 +1,248 @@
+"""The run directory: what one training run writes, and how it is trained, loaded and evaluated.
+
+A run directory holds `config.json` (the run's configuration), `model.keras`
+(a plain Keras model), `history.csv`, TensorBoard `logs/`, the best checkpoint
+(`best/`), the backup a killed run resumes from (`backup/`) and, once the
+planned epochs ran and the model was saved, `done.json`. Evaluations write
+`<name>.json` files elsewhere. Commands and suites go through this module;
+it raises `RunError` (and `ValueError` for bad configurations), never exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_pnil import data as datasets
+from keras_pnil import evaluation, recipe, report
+from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor
+from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
+from keras_pnil.layers import find_pnil, has_random_layer
+from keras_pnil.training import METHODS, get_perturbation
+from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
+
+CONFIG, MODEL, DONE, HISTORY = "config.json", "model.keras", "done.json", "history.csv"
+BACKUP, BEST, LOGS, LR_RANGE_TEST = "backup", "best", "logs", "lr_range_test.csv"
+
+# Every option of a training run, with its default (the train command's flags and train/*.json keys).
+TRAIN_DEFAULTS = {
+    "dataset": "mnist", "data_dir": None, "method": "nfgsm", "pnil": False, "epsilon": None, "epochs": 10,
+    "batch_size": 100, "seed": 0, "strategy": "default", "train_size": None, "validation_size": None,
+    "fold": None, "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
+    "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "monitor_images": 200,
+    "monitor_eot": 4, "early_stop": False,
+}
+_COUNTS = ("epochs", "batch_size", "eot_samples", "pgd_steps", "monitor_images", "monitor_eot")
+_OPTIONAL_COUNTS = ("train_size", "validation_size")
+_POSITIVE = ("base_lr", "max_lr", "noise_multiplier", "alpha_ratio")
+FOLDS = 10  # the 5×2 protocol
+
+
+class RunError(Exception):
+    """A run directory that cannot be used: not a finished run, unreadable, or made for other data."""
+
+
+def training_config(options: dict) -> dict:
+    """A complete, validated run configuration: `TRAIN_DEFAULTS` updated with `options`.
+
+    ε may be a string such as "8/255"; without one, the data set's (the
+    paper's) is used. Raises a ValueError naming the first bad option.
+    """
+    unknown = set(options) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise ValueError(f"Unknown training option(s) {sorted(unknown)}; expected some of {sorted(TRAIN_DEFAULTS)}.")
+    config = {**TRAIN_DEFAULTS, **options}
+    datasets.check_dataset_name(config["dataset"])
+    check_choice("training method", config["method"], METHODS)
+    check_choice("strategy", config["strategy"], recipe.STRATEGIES)
+    epsilon = config["epsilon"]
+    config["epsilon"] = datasets.DEFAULT_EPSILON[config["dataset"]] if epsilon is None else parse_epsilon(epsilon)
+    for key in _COUNTS:
+        check_count(key, config[key])
+    for key in (k for k in _OPTIONAL_COUNTS if config[k] is not None):
+        check_count(key, config[key])
+    for key in (k for k in (*_POSITIVE, "alpha") if config[k] is not None):
+        check_positive(key, config[key])
+    check_count("seed", config["seed"], minimum=0)
+    if config["fold"] is not None and (check_count("fold", config["fold"], minimum=0) >= FOLDS):
+        raise ValueError(f"fold must be one of 0-{FOLDS - 1} (the 5×2 protocol); got {config['fold']!r}.")
+    if config["max_lr"] < config["base_lr"]:
+        raise ValueError(f"max_lr must be >= base_lr; got base_lr={config['base_lr']}, max_lr={config['max_lr']}.")
+    config["method_options"] = recipe.method_options(config)
+    get_perturbation(config["method"], config["epsilon"], **config["method_options"])  # its own checks
+    return config
+
+
+def is_finished(run) -> bool:
+    """Whether `run` holds a finished training run (its planned epochs ran and its model was saved)."""
+    return (Path(run) / DONE).exists()
+
+
+def training_indices(config: dict, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training images and the validation half of the test set (the other half is for evaluation)."""
+    rng = np.random.default_rng(config["seed"])
+    if config["fold"] is not None:
+        fold = datasets.five_by_two_folds(n_train, n_test, seed=config["seed"])[config["fold"]]
+        train_idx, val_idx = fold.train, fold.validation
+    else:
+        train_idx, val_idx = np.arange(n_train), np.sort(rng.permutation(n_test)[: n_test // 2])
+    # train_size takes a seeded subset (of the fold's half under fold): reduced budgets.
+    train_idx = np.sort(rng.permutation(train_idx)[: config["train_size"] or len(train_idx)])
+    return train_idx, val_idx[: config["validation_size"]]
+
+
+def _stored_lr_bounds(out: Path, config: dict) -> dict:
+    """The range test's bounds from an earlier session of this run, so a resumed run does not redo it."""
+    if (out / CONFIG).exists():
+        stored = read_json(out / CONFIG)
+        if stored.get("lr_bounds") == "range test":
+            return {k: stored[k] for k in ("base_lr", "max_lr", "lr_bounds")}
+    return {}
+
+
+def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
+    """Builds, compiles and fits the configured trainer with resume and checkpoint selection; saves the model."""
+    steps_per_epoch = int(train_ds.cardinality())
+    with recipe.strategy(config["strategy"]).scope():
+        config.update(_stored_lr_bounds(out, config) if config["lr_range_test"] else {})
+        if config["lr_range_test"] and "lr_bounds" not in config:
+            history, (config["base_lr"], config["max_lr"]) = recipe.range_test_bounds(config, train_ds)
+            config["lr_bounds"] = "range test"
+            atomic_write_text(out / LR_RANGE_TEST, "lr,loss\n" + "".join(f"{r},{v}\n" for r, v in history))
+            print(f"LR range test suggests a cyclical rate in [{config['base_lr']:.2e}, {config['max_lr']:.2e}]")
+        trainer = recipe.build_trainer(config)
+        recipe.compile_trainer(trainer, config["base_lr"], config["max_lr"], steps_per_epoch)
+    atomic_write_json(out / CONFIG, config)
+    callbacks = [
+        CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
+                                       eot_samples=config["monitor_eot"]),
+        keras.callbacks.BackupAndRestore(str(out / BACKUP)),
+        BestCheckpoint(out / BEST),
+        keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
+        keras.callbacks.TensorBoard(str(out / LOGS)),
+    ]
+    history = trainer.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
+                          verbose=2 if os.environ.get("CI") else 1)
+    tmp = out / ".model.tmp.keras"  # Keras insists on the suffix
+    trainer.save(tmp)
+    os.replace(tmp, out / MODEL)
+    return history.history
+
+
+def train_run(config: dict, out, data=None) -> str:
+    """Trains the run `config` (from `training_config`) into the directory `out`; returns a summary line.
+
+    A directory holding a killed run resumes from its last finished epoch.
+    `data` may pass the loaded data set (`load_dataset`'s value) to skip
+    reading it again.
+    """
+    out = Path(out)
+    (x_train, y_train), (x_test, y_test) = data or datasets.load_dataset(config["dataset"], config["data_dir"])
+    train_idx, val_idx = training_indices(config, len(x_train), len(x_test))
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config["seed"])
+    train_ds = datasets.make_dataset(x_train[train_idx], y_train[train_idx], config["batch_size"], seed=config["seed"])
+    val_ds = datasets.make_dataset(x_test[val_idx], y_test[val_idx], config["batch_size"], shuffle=False)
+    config = {**config, "n_train": int(len(train_idx)), "validation_indices": val_idx.tolist()}
+    monitor = val_idx[: config["monitor_images"]]
+    start = time.time()
+    history = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out)
+    last = {k: float(v[-1]) for k, v in history.items()}
+    summary = (f"{config['dataset']} {config['method']}{' +PNIL' if config['pnil'] else ''} "
+               f"ε={config['epsilon']:.4g}: {len(history.get('loss', []))} epochs this session in "
+               f"{time.time() - start:.0f}s; val clean acc {last.get('val_clean_accuracy', float('nan')):.4f}, "
+               f"val adv acc {last.get('val_accuracy', float('nan')):.4f}, "
+               f"PGD acc {last.get('pgd_val_accuracy', float('nan')):.4f}; model in {out / MODEL}")
+    atomic_write_json(out / DONE, {"summary": summary})
+    return summary
+
+
+def load_run(run) -> tuple[dict, keras.Model]:
+    """A finished run's configuration and model."""
+    run = Path(run)
+    try:
+        config = read_json(run / CONFIG)
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"{run} is not a finished training run: cannot read {CONFIG} ({err})") from None
+    try:
+        model = keras.models.load_model(run / MODEL)
+    except Exception as err:  # Keras raises many types for unreadable files
+        raise RunError(f"cannot load the model {run / MODEL}: {err}") from None
+    return config, model
+
+
+def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of `num_images` images the run neither trained nor validated on.
+
+    A 5×2 fold is scored on the other half of the training set (the paper's
+    protocol); any other run on test images outside its validation half.
+    """
+    (x_train, y_train), (x_test, y_test) = data
+    if config.get("fold") is not None:
+        pool = datasets.five_by_two_folds(len(x_train), len(x_test), seed=config["seed"])[config["fold"]].test
+        x, y = x_train, y_train
+    else:
+        pool, x, y = np.setdiff1d(np.arange(len(x_test)), config.get("validation_indices", [])), x_test, y_test
+    chosen = np.sort(np.random.default_rng(seed).permutation(pool)[:num_images])
+    return x[chosen], y[chosen]
+
+
+def _reused_record(path: Path, request: dict, attacks) -> dict | None:
+    """The record of an evaluation written earlier for the same request, described as this version does."""
+    if not path.exists():
+        return None
+    stored = read_json(path)
+    if stored.get("request") != request:
+        return None
+    budget = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks)})
+    return {**stored["record"], "budget": budget.describe()}
+
+
+def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: float | None = None,
+                 seed: int = 0, data_dir=None, reuse: bool = False, label: str | None = None) -> dict:
+    """Evaluates one training run; writes `<out>/<run name>.json` atomically and its PNIL maps.
+
+    Returns the run's Table 1 record. With `reuse`, a result file written for
+    the same attacks, budget, ε and seed is read back instead of recomputed
+    (how suites resume). `label` names the training method in the record
+    (default: the run's method), for suites that vary its options.
+    """
+    run, out = Path(run), Path(out)
+    request = {"attacks": list(attacks), "budget": budget, "epsilon": epsilon, "seed": seed}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{run.name}.json"
+    reused = _reused_record(path, request, attacks) if reuse else None
+    if reused is not None:
+        return reused
+    config, model = load_run(run)
+    dataset = config["dataset"]
+    if dataset not in data_cache:
+        data_cache[dataset] = datasets.load_dataset(dataset, data_dir)
+    image_shape = data_cache[dataset][1][0].shape[1:]
+    if tuple(model.input_shape[1:]) != image_shape:
+        raise RunError(f"{run} was trained on inputs {model.input_shape[1:]}, but {dataset} images are "
+                       f"{image_shape}: mismatched data set.")
+    x, y = evaluation_images(config, data_cache[dataset], budget["num_images"], seed)
+    options = {k: v for k, v in budget.items() if k != "num_images"}
+    if not has_random_layer(model):
+        options["eot_samples"] = 1  # EOT over a deterministic model changes nothing
+    print(f"== {run}: {dataset}, {config['method']}{' + PNIL' if config['pnil'] else ''}")
+    result = evaluation.robustness(model, x, y, epsilon or config["epsilon"], attacks, seed=seed,
+                                   epochs=config.get("epochs"), **options)
+    for check in result.checks:
+        print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
+    record = {"dataset": dataset, "method": label or config["method"], "pnil": config["pnil"], "run": str(run),
+              "clean": result.clean, **result.attacks, "min": result.effective,
+              "worst_case": result.worst_case, "n_train": config.get("n_train", 1),
+              "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0,
+              "budget": result.budget.describe(), "checks": result.checks}
+    atomic_write_json(path, {"request": request, "record": record, **result.to_dict()})
+    layer = find_pnil(model)
+    if layer is not None:
+        report.plot_pnil_maps(layer, x[0], out / f"{run.name}_pnil.png", title=f"{run.name}: learned PNIL")
+    return record
