@@ -28,6 +28,7 @@ reproduce: $(BIN)/.installed
 	$(BIN)/keras-pnil-reproduce --suite $(SUITE) --budget $(BUDGET) --datasets $(DATASETS)
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 .PHONY: install demo reproduce test

@@ -16,6 +16,7 @@ from keras_pnil import report, reproduce, runs
 from keras_pnil.attacks.registry import ATTACKS, get_attack
 from keras_pnil.data import DATASETS, DatasetError
 from keras_pnil.files import read_json
+from keras_pnil.models import ARCHITECTURES
 from keras_pnil.training import METHODS
 from keras_pnil.validation import parse_epsilon
 
@@ -64,6 +65,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="retrain even if the run directory holds a finished run")
     p.add_argument("--dataset", choices=DATASETS, help=f"default {d['dataset']}")
     p.add_argument("--data-dir", help="directory of the official files (default: $KERAS_PNIL_DATA_DIR, else tfds)")
+    p.add_argument("--architecture", choices=sorted(ARCHITECTURES),
+                   help="the network (default: the paper's for the data set: small_cnn, or resnet11 for cifar10)")
     p.add_argument("--method", choices=sorted(METHODS), help=f"default {d['method']}")
     p.add_argument("--pnil", action=argparse.BooleanOptionalAction, help="put a PNIL first")
     p.add_argument("--epsilon", type=_epsilon, help="L∞ radius, e.g. 8/255 (default: the data set's)")
@@ -74,6 +77,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, help="train on a seeded random subset of this size")
     p.add_argument("--validation-size", type=int, help="validate on this many of the test-set half")
     p.add_argument("--fold", type=int, help="train on fold 0-9 of the 5×2 protocol (with --train-size: a subset)")
+    p.add_argument("--lr-schedule", choices=["cyclical", "one_cycle"],
+                   help="cyclical (the paper's, between --base-lr and --max-lr; default) or one_cycle "
+                        "(Wong et al.: 0 → --max-lr at 2/5 of training → 0)")
     p.add_argument("--base-lr", type=float, help=f"default {d['base_lr']}")
     p.add_argument("--max-lr", type=float, help=f"default {d['max_lr']}")
     p.add_argument("--lr-range-test", action="store_true", help="pick the cyclical LR bounds with Smith's range test")

@@ -1,6 +1,6 @@
-"""The paper's networks: a small CNN for (Fashion-)MNIST and ResNet11 for CIFAR-10.
+"""The paper's networks (a small CNN for (Fashion-)MNIST, ResNet11 for CIFAR-10) and Wong et al.'s MNIST net.
 
-Both output logits and take `pnil=True` to put a PixelwiseNoiseInjection first.
+All output logits and take `pnil=True` to put a PixelwiseNoiseInjection first.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from keras import layers
 
 from keras_pnil.data import IMAGE_SHAPES, check_dataset_name
 from keras_pnil.layers import PixelwiseNoiseInjection
+from keras_pnil.validation import check_choice
 
 
 def _input(input_shape, pnil: bool, seed: int | None):
@@ -40,6 +41,29 @@ def small_cnn(
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="small_cnn_pnil" if pnil else "small_cnn")
+
+
+def wong_mnist(
+    input_shape=(28, 28, 1),
+    num_classes: int = 10,
+    pnil: bool = False,
+    seed: int | None = None,
+) -> keras.Model:
+    """Wong et al.'s MNIST network ("Fast is better than free", `MNIST/mnist_net.py`).
+
+    Conv 16 4×4 stride 2, conv 32 4×4 stride 2 (each ReLU, padding 1, which
+    "same" padding equals on 28×28 inputs: 28 → 14 → 7), a dense layer of 100
+    ReLU units, logits. Small enough that the full published MNIST ε = 0.3
+    budget trains in minutes on a CPU. Keras' default initialisers (Glorot
+    uniform, zero biases), not PyTorch's.
+    """
+    inputs, x = _input(input_shape, pnil, seed)
+    x = layers.Conv2D(16, 4, strides=2, padding="same", activation="relu", name="conv1")(x)
+    x = layers.Conv2D(32, 4, strides=2, padding="same", activation="relu", name="conv2")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(100, activation="relu", name="fc")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="wong_mnist_pnil" if pnil else "wong_mnist")
 
 
 def _conv_bn(x, width: int, name: str):
@@ -76,8 +100,18 @@ def resnet11(
     return keras.Model(inputs, outputs, name="resnet11_pnil" if pnil else "resnet11")
 
 
-def for_dataset(dataset: str, pnil: bool = False, seed: int | None = None, **kwargs) -> keras.Model:
+ARCHITECTURES = {"small_cnn": small_cnn, "resnet11": resnet11, "wong_mnist": wong_mnist}
+
+
+def default_architecture(dataset: str) -> str:
     """The paper's network for `dataset`: ResNet11 for CIFAR-10, else the small CNN."""
     check_dataset_name(dataset)
-    build = resnet11 if dataset == "cifar10" else small_cnn
-    return build(IMAGE_SHAPES[dataset], pnil=pnil, seed=seed, **kwargs)
+    return "resnet11" if dataset == "cifar10" else "small_cnn"
+
+
+def for_dataset(dataset: str, pnil: bool = False, seed: int | None = None, architecture: str | None = None,
+                **kwargs) -> keras.Model:
+    """The network `architecture` (default: the paper's for `dataset`) for `dataset`'s images."""
+    architecture = architecture or default_architecture(dataset)
+    check_choice("architecture", architecture, ARCHITECTURES)
+    return ARCHITECTURES[architecture](IMAGE_SHAPES[dataset], pnil=pnil, seed=seed, **kwargs)

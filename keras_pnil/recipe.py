@@ -11,10 +11,11 @@ import keras
 import tensorflow as tf
 
 from keras_pnil import models
-from keras_pnil.schedules import CyclicalLearningRate, lr_range_test
+from keras_pnil.schedules import CyclicalLearningRate, OneCycleLearningRate, lr_range_test
 from keras_pnil.training import AdversarialModel, adversarial
 
 STRATEGIES = ("default", "mirrored")
+LR_SCHEDULES = ("cyclical", "one_cycle")
 
 
 def method_options(config: dict) -> dict:
@@ -26,13 +27,21 @@ def method_options(config: dict) -> dict:
 
 def build_trainer(config: dict) -> AdversarialModel:
     """The data set's network (with a PNIL first if asked), wrapped for the configured training method."""
-    model = models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"])
+    model = models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"],
+                               architecture=config["architecture"])
     return adversarial(model, config["method"], config["epsilon"], **method_options(config))
 
 
-def compile_trainer(trainer: keras.Model, base_lr: float, max_lr: float, steps_per_epoch: int) -> None:
-    """Adam (0.9, 0.999) with a triangular cyclical rate of half-cycles of 2 epochs (the paper, after Smith)."""
-    schedule = CyclicalLearningRate(base_lr, max_lr, step_size=2 * steps_per_epoch)
+def learning_rate(config: dict, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The configured schedule: "cyclical" (the paper, after Smith: half-cycles of 2 epochs between
+    `base_lr` and `max_lr`) or "one_cycle" (Wong et al.: 0 → `max_lr` at 2/5 of the run → 0)."""
+    if config["lr_schedule"] == "one_cycle":
+        return OneCycleLearningRate(config["max_lr"], total_steps=config["epochs"] * steps_per_epoch)
+    return CyclicalLearningRate(config["base_lr"], config["max_lr"], step_size=2 * steps_per_epoch)
+
+
+def compile_trainer(trainer: keras.Model, schedule: keras.optimizers.schedules.LearningRateSchedule) -> None:
+    """Adam (0.9, 0.999) with `schedule`, sparse cross-entropy on logits, accuracy."""
     trainer.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from keras_pnil import data as datasets
-from keras_pnil import evaluation, recipe, report
+from keras_pnil import evaluation, models, recipe, report
 from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
 from keras_pnil.layers import find_pnil, has_random_layer
@@ -31,9 +31,9 @@ BACKUP, BEST, LOGS, LR_RANGE_TEST = "backup", "best", "logs", "lr_range_test.csv
 
 # Every option of a training run, with its default (the train command's flags and train/*.json keys).
 TRAIN_DEFAULTS = {
-    "dataset": "mnist", "data_dir": None, "method": "nfgsm", "pnil": False, "epsilon": None, "epochs": 10,
-    "batch_size": 100, "seed": 0, "strategy": "default", "train_size": None, "validation_size": None,
-    "fold": None, "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
+    "dataset": "mnist", "data_dir": None, "architecture": None, "method": "nfgsm", "pnil": False, "epsilon": None,
+    "epochs": 10, "batch_size": 100, "seed": 0, "strategy": "default", "train_size": None, "validation_size": None,
+    "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
     "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "monitor_images": 200,
     "monitor_eot": 4, "early_stop": False,
 }
@@ -60,6 +60,9 @@ def training_config(options: dict) -> dict:
     datasets.check_dataset_name(config["dataset"])
     check_choice("training method", config["method"], METHODS)
     check_choice("strategy", config["strategy"], recipe.STRATEGIES)
+    check_choice("learning-rate schedule", config["lr_schedule"], recipe.LR_SCHEDULES)
+    config["architecture"] = config["architecture"] or models.default_architecture(config["dataset"])
+    check_choice("architecture", config["architecture"], models.ARCHITECTURES)
     epsilon = config["epsilon"]
     config["epsilon"] = datasets.DEFAULT_EPSILON[config["dataset"]] if epsilon is None else parse_epsilon(epsilon)
     for key in _COUNTS:
@@ -116,7 +119,7 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
             atomic_write_text(out / LR_RANGE_TEST, "lr,loss\n" + "".join(f"{r},{v}\n" for r, v in history))
             print(f"LR range test suggests a cyclical rate in [{config['base_lr']:.2e}, {config['max_lr']:.2e}]")
         trainer = recipe.build_trainer(config)
-        recipe.compile_trainer(trainer, config["base_lr"], config["max_lr"], steps_per_epoch)
+        recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch))
     atomic_write_json(out / CONFIG, config)
     callbacks = [
         CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],

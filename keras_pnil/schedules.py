@@ -1,4 +1,4 @@
-"""The paper's learning-rate schedule: Smith's cyclical (triangular) policy and the LR range test."""
+"""Learning-rate schedules: the paper's cyclical (triangular) policy with Smith's range test, and one cycle."""
 
 from __future__ import annotations
 
@@ -34,6 +34,35 @@ class CyclicalLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"base_lr": self.base_lr, "max_lr": self.max_lr, "step_size": self.step_size}
+
+
+@keras.saving.register_keras_serializable(package="keras_pnil")
+class OneCycleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """One triangle over the whole run: 0 → `max_lr` over the first `peak_fraction` of it, then back to 0.
+
+    Wong et al.'s MNIST schedule (peak at 2/5 of training).
+
+    Args:
+        max_lr: The peak rate (> 0).
+        total_steps: Optimizer steps of the whole run (>= 1).
+        peak_fraction: Where the peak lies, as a fraction of the run, in (0, 1).
+    """
+
+    def __init__(self, max_lr: float, total_steps: int, peak_fraction: float = 0.4):
+        if not max_lr > 0 or not total_steps >= 1 or not 0 < peak_fraction < 1:
+            raise ValueError(f"Need max_lr > 0, total_steps >= 1 and 0 < peak_fraction < 1; got max_lr={max_lr!r}, "
+                             f"total_steps={total_steps!r}, peak_fraction={peak_fraction!r}.")
+        self.max_lr, self.total_steps, self.peak_fraction = float(max_lr), int(total_steps), float(peak_fraction)
+
+    def __call__(self, step):
+        # Rate after `step + 1` updates, as Wong et al. set it before each of them.
+        progress = (ops.cast(step, "float32") + 1.0) / self.total_steps
+        rising = progress / self.peak_fraction
+        falling = (1.0 - progress) / (1.0 - self.peak_fraction)
+        return self.max_lr * ops.clip(ops.minimum(rising, falling), 0.0, 1.0)
+
+    def get_config(self):
+        return {"max_lr": self.max_lr, "total_steps": self.total_steps, "peak_fraction": self.peak_fraction}
 
 
 class _LinearRamp(keras.callbacks.Callback):

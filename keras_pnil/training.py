@@ -55,10 +55,12 @@ class FGSM(Perturbation):
 
 
 class RFGSM(Perturbation):
-    """FGSM from a random start, projected back (Wong et al., "Fast is better than free").
+    """FGSM from a random start, projected back (Wong et al.'s FGSM-RS, "Fast is better than free").
 
-    δ ~ U(-ε, ε) kept inside [0, 1]; δ ← clip(δ + α·sign(∇), -ε, ε); x + δ in [0, 1].
-    The paper uses α = 1.2ε; Wong et al. 1.25ε.
+    u ~ U(-ε, ε); the gradient is taken at x + u as it is (not clipped to
+    [0, 1]); δ = clip(u + α·sign(∇), -ε, ε); train on clip(x + δ, 0, 1):
+    Wong et al.'s `MNIST/train_mnist.py` step for step. The paper uses
+    α = 1.2ε; Wong et al. 1.25ε.
     """
 
     name = "rfgsm"
@@ -68,21 +70,22 @@ class RFGSM(Perturbation):
         self.alpha = 1.2 * self.epsilon if alpha is None else check_positive("alpha", alpha)
 
     def __call__(self, model_fn, x, y):
-        start = tf.clip_by_value(x + _uniform(x, self.epsilon), 0.0, 1.0)
-        step = self.alpha * _signed_gradient(model_fn, start, y)
-        delta = tf.clip_by_value(start + step - x, -self.epsilon, self.epsilon)
+        start = _uniform(x, self.epsilon)
+        step = self.alpha * _signed_gradient(model_fn, x + start, y)
+        delta = tf.clip_by_value(start + step, -self.epsilon, self.epsilon)
         return tf.clip_by_value(x + delta, 0.0, 1.0)
 
 
 class NFGSM(Perturbation):
     """Noisy FGSM, Algorithm 1 of Schwinn et al.
 
-    x_n = x + U(-kε, kε) with k = `noise_multiplier`; r = ε·sign(Σ_l ∇ L(F(x_n)))
-    over `eot_samples` draws of the model's own noise; train on x_n + r. There is
-    no projection back to the ε-ball: the noise is part of the training
-    distribution. The result is clipped to [0, 1] (as is every input the model
-    sees at test time, attacked or not), which only removes perturbation that
-    no valid image could carry. k = 2 gives de Jorge et al.'s N-FGSM.
+    x_n = clip(x + U(-kε, kε), 0, 1) with k = `noise_multiplier`;
+    r = ε·sign(Σ_l ∇ L(F(x_n))) over `eot_samples` draws of the model's own
+    noise; train on clip(x_n + r, 0, 1). There is no projection back to the
+    ε-ball: the noise is part of the training distribution. Both clips keep the
+    model (and its gradient) on valid images, as every test-time input is;
+    they follow de Jorge et al.'s N-FGSM code (`train.py`), which clamps the
+    noisy point before taking the gradient. k = 2 gives their N-FGSM.
     """
 
     name = "nfgsm"
@@ -93,7 +96,7 @@ class NFGSM(Perturbation):
         self.noise_multiplier = check_positive("noise_multiplier", noise_multiplier)
 
     def __call__(self, model_fn, x, y):
-        noisy = x + _uniform(x, self.noise_multiplier * self.epsilon)
+        noisy = tf.clip_by_value(x + _uniform(x, self.noise_multiplier * self.epsilon), 0.0, 1.0)
         step = self.epsilon * _signed_gradient(model_fn, noisy, y, self.eot_samples)
         return tf.clip_by_value(noisy + step, 0.0, 1.0)
 

@@ -5,12 +5,12 @@ from keras_pnil import PixelwiseNoiseInjection, models
 
 
 def _weight_layers(model):
-    return [l for l in model.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+    return [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
 
 
 def test_small_cnn_has_two_convolutions_a_dense_layer_and_logits():
     model = models.small_cnn()
-    kinds = [type(l).__name__ for l in _weight_layers(model)]
+    kinds = [type(layer).__name__ for layer in _weight_layers(model)]
     assert kinds == ["Conv2D", "Conv2D", "Dense", "Dense"]
     out = model(np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")).numpy()
     assert out.shape == (4, 10)

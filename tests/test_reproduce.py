@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from keras_pnil import cli, reproduce
+from keras_pnil import reproduce
 
 TINY_SUITE = {
     "title": "tiny grid", "datasets": {"mnist": {}, "fashion_mnist": {}},
@@ -33,32 +33,34 @@ def test_grid_and_train_arguments_follow_the_suite(suite_file, tmp_path):
     assert [s.name for s in specs] == ["mnist-nfgsm-baseline-fold0", "mnist-nfgsm-baseline-fold3",
                                        "mnist-nfgsm-pnil-fold0", "mnist-nfgsm-pnil-fold3",
                                        "mnist-clean-baseline-fold0", "mnist-clean-baseline-fold3"]
-    argv = reproduce.train_argv(suite, "tiny", specs[2], tmp_path / "run")
-    assert argv[argv.index("--fold") + 1] == "0" and "--pnil" in argv and "--no-pnil" not in argv
-    assert argv[argv.index("--train-size") + 1] == "300" and argv[1].endswith("train/mnist_nfgsm.json")
-    clean = reproduce.train_argv(suite, "tiny", specs[4], tmp_path / "run")
-    assert clean[clean.index("--method") + 1] == "clean" and "--no-pnil" in clean and "--method" not in argv
+    config = reproduce.train_config(suite, "tiny", specs[2])
+    assert config["fold"] == 0 and config["pnil"] is True and config["train_size"] == 300
+    assert config["epsilon"] == pytest.approx(8 / 255) and config["method"] == "nfgsm"  # from train/mnist_nfgsm.json
+    clean = reproduce.train_config(suite, "tiny", specs[4])
+    assert clean["method"] == "clean" and clean["pnil"] is False
     assert len(reproduce.grid(reproduce.load_suite("table1"), "paper")) == 3 * 2 * 2 * 10
     large = reproduce.grid(reproduce.load_suite("large_eps"), "quick")
     assert len(large) == 2 * (4 * 2 + 2) and {s.method for s in large if s.pnil} == {"fgsm", "rfgsm", "nfgsm", "n-fgsm"}
 
 
-def test_suite_errors_name_the_problem(suite_file, tmp_path, capsys):
+def test_suite_errors_name_the_problem(suite_file, tmp_path):
     with pytest.raises(reproduce.SuiteError, match="has no budget 'huge'"):
         reproduce.grid(reproduce.load_suite(str(suite_file)), "huge")
     with pytest.raises(reproduce.SuiteError, match=r"unknown data set\(s\) \['svhn'\]"):
         reproduce.grid(reproduce.load_suite(str(suite_file)), "tiny", ["svhn"])
     with pytest.raises(reproduce.SuiteError, match="cannot read suite"):
         reproduce.load_suite("no_such_suite")
-    with pytest.raises(SystemExit, match="has no budget"):
-        cli.reproduce_main(["--suite", str(suite_file), "--budget", "huge"])
+    broken = json.loads(suite_file.read_text())
+    broken["budgets"]["tiny"]["train"]["epochs"] = 0
+    suite_file.write_text(json.dumps(broken))
+    spec = reproduce.grid(reproduce.load_suite(str(suite_file)), "tiny")[0]
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1; got 0"):
+        reproduce.train_config(reproduce.load_suite(str(suite_file)), "tiny", spec)
 
 
-def test_paper_budget_cost_is_estimated_before_starting(capsys):
-    assert cli.reproduce_main(["--budget", "paper", "--datasets", "mnist", "--estimate-only"]) == 0
-    printed = capsys.readouterr().out
-    assert "estimate: mnist: 40 runs, about" in printed
+def test_paper_budget_cost_is_estimated_before_starting():
     suite = reproduce.load_suite("table1")
+    assert len(reproduce.grid(suite, "paper", ["mnist"])) == 40 and reproduce.forward_throughput("mnist") > 0
     throughput = {"mnist": 1000.0}
     quick = reproduce.estimate_cost(suite, "quick", reproduce.grid(suite, "quick", ["mnist"]), throughput)
     paper = reproduce.estimate_cost(suite, "paper", reproduce.grid(suite, "paper", ["mnist"]), throughput)
@@ -69,9 +71,11 @@ def test_reproduce_writes_tables_and_figures_and_resumes(suite_file, tmp_path, d
     one_fold = copy.deepcopy(TINY_SUITE)
     one_fold["budgets"]["tiny"]["folds"] = [3]  # one fold keeps the test short
     suite_file.write_text(json.dumps(one_fold))
-    argv = ["--suite", str(suite_file), "--budget", "tiny", "--datasets", "mnist", "--data-dir", str(data_dir),
-            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
-    assert cli.reproduce_main(argv) == 0
+    def run():
+        return reproduce.run_suite(reproduce.load_suite(str(suite_file)), "tiny", ["mnist"], tmp_path / "runs",
+                                   tmp_path / "results", str(data_dir), "tiny")
+
+    run()
     results = tmp_path / "results" / "tiny" / "tiny"
     summary = (results / "summary.md").read_text()
     assert "| MNIST | + PNIL | ours |" in summary and "| MNIST | baseline | paper | 98±0 | 23±36 |" in summary
@@ -86,5 +90,5 @@ def test_reproduce_writes_tables_and_figures_and_resumes(suite_file, tmp_path, d
     runs = tmp_path / "runs" / "tiny" / "tiny"
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/model.keras")}
     stamps.update({p: p.stat().st_mtime_ns for p in (runs / "evaluation").glob("*.json")})
-    assert cli.reproduce_main(argv) == 0
+    run()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 6

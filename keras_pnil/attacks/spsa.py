@@ -50,7 +50,8 @@ class BatchedSPSAAdam:
             delta_x = self.delta * tf.sign(self.rng.uniform(shape, -1.0, 1.0, dtype=x.dtype))
             delta_x = tf.concat([delta_x, -delta_x], axis=0)
             losses = tf.reshape(loss_fn(x[None] + delta_x), loss_shape)
-            return total + tf.reduce_mean(losses * delta_x, axis=0) / self.delta
+            # Static shape kept for the loop (the loss's reshape hides the channel count).
+            return tf.ensure_shape(total + tf.reduce_mean(losses * delta_x, axis=0) / self.delta, x.shape)
 
         total = tf.foldl(chunk_estimate, tf.range(self.chunks), initializer=tf.zeros_like(x))
         return total / self.chunks

@@ -14,11 +14,11 @@ IMAGES, EPSILON, STEPS, TOLERANCE = 200, 0.1, 20, 0.03
 
 
 def art_apgd_accuracy(model, x, y, draws: int) -> float:
-    attack = AutoProjectedGradientDescent(kp.attacks.art_classifier(model, draws), eps=EPSILON, eps_step=2 * EPSILON,
-                                          max_iter=STEPS, nb_random_init=1, batch_size=IMAGES,
-                                          loss_type="cross_entropy", verbose=False)
+    attack = AutoProjectedGradientDescent(kp.attacks.art_classifier(model, draws), eps=EPSILON,
+                                          eps_step=2 * EPSILON, max_iter=STEPS, nb_random_init=1,
+                                          batch_size=IMAGES, loss_type="cross_entropy", verbose=False)
     x_adv = attack.generate(x, y=keras.utils.to_categorical(y, 10))
-    return kp.evaluation.accuracy(model, x_adv, y, draws=8)
+    return kp.accuracy(model, x_adv, y, draws=8)
 
 
 @pytest.mark.parametrize("pnil", [False, True], ids=["deterministic", "pnil"])
@@ -26,9 +26,8 @@ def test_our_apgd_is_at_least_as_strong_as_arts(pnil, trained_pair, mnist):
     _, (xt, yt) = mnist
     model, x, y = trained_pair[pnil], xt[:IMAGES], yt[:IMAGES]
     draws = 8 if pnil else 1
-    ours = kp.evaluation.accuracy(model, kp.attacks.apgd(model, x, y, EPSILON, STEPS, eot_samples=draws, seed=0),
-                                  y, draws=8)
+    ours = kp.accuracy(model, kp.apgd(model, x, y, EPSILON, steps=STEPS, eot_samples=draws), y, draws=8)
     theirs = art_apgd_accuracy(model, x, y, draws)
     print(f"APGD-CE accuracy: ours {ours:.3f}, ART {theirs:.3f}")
     assert ours <= theirs + TOLERANCE
-    assert ours < kp.evaluation.accuracy(model, x, y, draws=8) - 0.2  # both are real attacks here
+    assert ours < kp.accuracy(model, x, y, draws=8) - 0.2  # both are real attacks here

@@ -1,0 +1,56 @@
+import json
+
+import keras
+import numpy as np
+
+import keras_pnil as kp
+from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor
+
+EPS = 0.1
+
+
+def _trainer(method="fgsm"):
+    keras.utils.set_random_seed(0)
+    trainer = kp.adversarial(kp.models.small_cnn(seed=0, filters=(4, 8), dense_units=32), method, EPS)
+    trainer.compile(optimizer=keras.optimizers.Adam(2e-3),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return trainer
+
+
+def test_overfitting_monitor_logs_pgd_accuracy_and_stops_on_collapse(mnist, monkeypatch):
+    (x, y), _ = mnist
+    trainer = _trainer()
+    monitor = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2, early_stop=True)
+    history = trainer.fit(x[:200], y[:200], epochs=2, verbose=0, callbacks=[monitor])
+    assert len(history.history["pgd_val_accuracy"]) == 2
+    # Simulate a collapse: PGD accuracy 0.9, then 0.05; training stops at epoch 2 with epoch 1's weights.
+    readings = iter([0.9, 0.05, 0.9])
+    monkeypatch.setattr("keras_pnil.evaluation.accuracy", lambda *a, **k: next(readings))
+    weights = []
+    keep = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(trainer.get_weights()))
+    fresh = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2, early_stop=True)
+    history = trainer.fit(x[:200], y[:200], epochs=5, verbose=0, callbacks=[fresh, keep])
+    assert len(history.history["loss"]) == 2
+    for a, b in zip(trainer.get_weights(), weights[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_best_checkpoint_keeps_the_lowest_value_across_sessions(mnist, tmp_path):
+    (x, y), (xt, yt) = mnist
+    trainer = _trainer("clean")
+    checkpoint = BestCheckpoint(tmp_path / "best")
+    checkpoint.set_model(trainer)
+    trainer.fit(x[:200], y[:200], epochs=1, verbose=0)
+    checkpoint.on_epoch_end(0, {"val_loss": 0.5})
+    best_weights = trainer.get_weights()
+    trainer.fit(x[:200], y[:200], epochs=1, verbose=0)
+    # A new session (a resumed run) compares against the stored best, not against infinity.
+    resumed = BestCheckpoint(tmp_path / "best")
+    resumed.set_model(trainer)
+    resumed.on_epoch_end(1, {"val_loss": 0.7})
+    resumed.on_epoch_end(2, {"val_loss": float("nan")})
+    assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"epoch": 1, "monitor": "val_loss",
+                                                                         "value": 0.5}
+    resumed.on_train_end()
+    for a, b in zip(trainer.get_weights(), best_weights, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,96 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from keras_pnil import cli
+
+
+def _command(main: str, *argv) -> list[str]:
+    return [sys.executable, "-c", f"import sys; from keras_pnil.cli import {main}; sys.exit({main}())", *map(str, argv)]
+
+
+def _train_cli(out, data_dir, *extra):
+    cmd = [sys.executable, "-m", "keras_pnil.cli", "--data-dir", str(data_dir), "--dataset", "mnist",
+           "--method", "nfgsm", "--pnil",
+           "--train-size", "1000", "--validation-size", "200", "--monitor-images", "50", "--out", str(out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "CI": "1"})
+
+
+def test_killed_training_resumes_from_its_last_epoch(tmp_path, data_dir):
+    out = tmp_path / "run"
+    proc = _train_cli(out, data_dir, "--epochs", "3")
+    history = out / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().strip().splitlines()) >= 2:  # one epoch done
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "training finished before it could be interrupted:\n" + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(history.read_text().strip().splitlines()) - 1
+    assert not (out / "model.keras").exists() and (out / "backup").exists()
+    resumed = _train_cli(out, data_dir, "--epochs", "3")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    epochs = [int(line.split(",")[0]) for line in history.read_text().strip().splitlines()[1:]]
+    assert epochs == [0, 1, 2] and done_before >= 1
+    assert f"{3 - done_before} epochs this session" in output  # it did not start over
+    for name in ("model.keras", "config.json", "best/best.weights.h5", "logs"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "config.json").read_text())["pnil"] is True
+    again = _train_cli(out, data_dir, "--epochs", "3")
+    assert "holds a finished run" in again.communicate(timeout=120)[0]
+
+
+def test_train_command_names_a_bad_option_in_one_line(tmp_path):
+    done = subprocess.run(_command("train_main", "--fold", "12", "--out", tmp_path / "run"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    # TensorFlow's own start-up lines may precede it; ours is one line, the last.
+    assert done.stderr.strip().splitlines()[-1] == "error: fold must be one of 0-9 (the 5×2 protocol); got 12."
+    assert not (tmp_path / "run").exists()  # rejected before any work
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text('{"epochs": 3, "learning_rate": 0.1}')
+    assert cli.train_main(["--config", str(bad_config), "--out", str(tmp_path / "run")]) == 1
+
+
+def test_evaluate_command_prints_the_table_and_rejects_bad_runs(trained_pair, tmp_path, data_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    trained_pair[True].save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"dataset": "mnist", "method": "nfgsm", "pnil": True,
+                                                 "epsilon": 8 / 255, "epochs": 2, "validation_indices": []}))
+    cmd = _command("evaluate_main", run, "--data-dir", data_dir, "--budget", "quick", "--num-images", "40",
+                   "--spsa-images", "10", "--pgd-steps", "5", "--spsa-steps", "2", "--spsa-samples", "16",
+                   "--eot-samples", "2", "--out", tmp_path / "eval", "--attacks", "pgd,spsa,apgd-dlr,square",
+                   "--apgd-steps", "3", "--square-queries", "30")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| MNIST | + PNIL | ours |" in done.stdout and "REDUCED budget" in done.stdout
+    assert "NFGSM APGD-DLR | NFGSM SQUARE | NFGSM Min |" in done.stdout
+    assert (tmp_path / "eval" / "table1.md").exists() and (tmp_path / "eval" / "run_pnil.png").exists()
+    result = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert result["budget"]["pgd_steps"] == 5 and result["budget"]["eot_samples"] == 2
+    assert result["effective"] == min(result["attacks"].values()) and set(result["attacks"]) == {
+        "pgd", "spsa", "apgd-dlr", "square"}
+    bad = subprocess.run(cmd[:3] + [str(tmp_path), "--out", str(tmp_path / "e2")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a finished training run" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = subprocess.run(cmd + ["--attacks", "pgd,cw"], capture_output=True, text=True)
+    assert unknown.returncode == 1 and "Unknown attack 'cw'" in unknown.stderr
+
+
+def test_reproduce_command_names_a_missing_budget(capsys, tmp_path):
+    assert cli.reproduce_main(["--suite", "table1", "--budget", "huge"]) == 1
+    assert "has no budget 'huge'" in capsys.readouterr().err
+    assert cli.reproduce_main(["--suite", str(tmp_path / "none.json")]) == 1
+    assert "cannot read suite" in capsys.readouterr().err
+
+
+def test_reproduce_command_estimates_the_cost_before_starting(capsys):
+    assert cli.reproduce_main(["--budget", "paper", "--datasets", "mnist", "--estimate-only"]) == 0
+    assert "estimate: mnist: 40 runs, about" in capsys.readouterr().out

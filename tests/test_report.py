@@ -1,0 +1,46 @@
+import json
+
+from keras_pnil import report
+
+
+def _records(pnil_min):
+    rows = []
+    for fold, value in enumerate(pnil_min):
+        rows.append(dict(dataset="mnist", method="nfgsm", pnil=True, fold=fold, clean=0.98, spsa=value + 0.1,
+                         pgd=value, min=value, n_train=30000, n_test=30000))
+        rows.append(dict(dataset="mnist", method="nfgsm", pnil=False, fold=fold, clean=0.98, spsa=0.2 + 0.01 * fold,
+                         pgd=0.5, min=0.2 + 0.01 * fold, n_train=30000, n_test=30000))
+    return rows
+
+
+def test_tables_carry_budget_paper_numbers_and_significance(tmp_path):
+    paths = report.write_tables(_records([0.60 + 0.001 * i for i in range(10)]), tmp_path, "TEST BUDGET")
+    md = paths["md"].read_text()
+    assert "TEST BUDGET" in md and "| MNIST | + PNIL | paper | 98±0 | 77±1 | 60±4 | 60±4 |" in md
+    assert "| MNIST | + PNIL | ours | 98±0 | 70±0 | 60±0 | **60*±0** |" in md  # significant: starred
+    assert "TEST BUDGET" in paths["csv"].read_text() and r"\textbf{60*$\pm$0}" in paths["tex"].read_text()
+    data = json.loads(paths["json"].read_text())
+    assert data["significance"]["mnist/nfgsm"]["p"] < 0.003
+    noisy = report.markdown(_records([0.1, 0.9, 0.15, 0.3, 0.2, 0.25, 0.3, 0.1, 0.12, 0.18]), "b")
+    assert "*±" not in noisy.split("ours")[1].split("\n")[0]  # not significant: no star
+
+
+def test_attack_columns_follow_the_registry():
+    assert report.ATTACK_COLUMNS[:2] == ("spsa", "pgd") and "autoattack" in report.ATTACK_COLUMNS
+    assert report.columns([{"square": 0.5}]) == ("clean", "spsa", "pgd", "square", "min")
+
+
+def test_figures_are_written(trained_pair, tmp_path, mnist):
+    _, (xt, _) = mnist
+    layer = trained_pair[True].get_layer("pnil")
+    maps = report.plot_pnil_maps(layer, xt[0], tmp_path / "maps.png")
+    curve = report.plot_curve([1, 10, 100], {"PNIL": [0.9, 0.7, 0.65]}, tmp_path / "eot.png", "EOT samples", "t",
+                              log_x=True)
+    for path in (maps, curve):
+        assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_collapse_epoch_is_the_first_big_fall():
+    assert report.collapse_epoch([0.5, 0.6, 0.3, 0.1]) == 3
+    assert report.collapse_epoch([0.5, 0.45, 0.4]) is None

@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+
+from keras_pnil import runs
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": -1}, "epochs must be an integer >= 1; got -1"),
+    ({"train_size": 0}, "train_size must be an integer >= 1; got 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1; got 0"),
+    ({"fold": 10}, "fold must be one of 0-9"),
+    ({"epsilon": "2"}, "epsilon must lie in"),
+    ({"base_lr": 0.0}, "base_lr must be a positive number"),
+    ({"base_lr": 1e-2, "max_lr": 1e-3}, "max_lr must be >= base_lr"),
+    ({"dataset": "svhn"}, "Unknown data set 'svhn'"),
+    ({"method": "trades"}, "Unknown training method 'trades'"),
+    ({"learning_rate": 0.1}, r"Unknown training option\(s\) \['learning_rate'\]"),
+    ({"method": "nfgsm", "eot_samples": 0}, "eot_samples must be an integer >= 1; got 0"),
+])
+def test_training_config_names_each_bad_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        runs.training_config(options)
+
+
+def test_training_config_fills_defaults_and_the_datasets_epsilon():
+    config = runs.training_config({"dataset": "fashion_mnist", "method": "rfgsm", "alpha_ratio": 1.25})
+    assert config["epsilon"] == pytest.approx(4 / 255) and config["epochs"] == runs.TRAIN_DEFAULTS["epochs"]
+    assert config["method_options"] == {"alpha": pytest.approx(1.25 * 4 / 255)}
+    assert runs.training_config({"epsilon": "8/255"})["epsilon"] == pytest.approx(8 / 255)
+
+
+def test_evaluation_images_are_never_trained_or_validated_on():
+    n_train, n_test = 600, 200
+    data = ((np.arange(n_train)[:, None], np.arange(n_train)), (np.arange(n_test)[:, None] + 10**6, np.arange(n_test)))
+    for fold in (None, 3):
+        config = runs.training_config({"fold": fold, "train_size": 100, "validation_size": 50})
+        train_idx, val_idx = runs.training_indices(config, n_train, n_test)
+        config["validation_indices"] = val_idx.tolist()
+        x, _ = runs.evaluation_images(config, data, 150, seed=0)
+        held_out = set(x[:, 0].tolist())
+        assert len(held_out) == 150 and not held_out & set(train_idx.tolist())
+        assert not held_out & {10**6 + i for i in val_idx.tolist()}
+        again, _ = runs.evaluation_images(config, data, 150, seed=0)
+        np.testing.assert_array_equal(x, again)
+
+
+def test_a_directory_without_a_finished_run_is_named(tmp_path):
+    assert not runs.is_finished(tmp_path)
+    with pytest.raises(runs.RunError, match="is not a finished training run"):
+        runs.load_run(tmp_path)
+    (tmp_path / runs.CONFIG).write_text(json.dumps({"dataset": "mnist"}))
+    (tmp_path / runs.MODEL).write_text("not a Keras file")
+    with pytest.raises(runs.RunError, match="cannot load the model"):
+        runs.load_run(tmp_path)

@@ -1,0 +1,28 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_pnil as kp
+from keras_pnil.schedules import CyclicalLearningRate, suggest_bounds
+
+
+def test_cyclical_learning_rate_is_triangular():
+    schedule = CyclicalLearningRate(1e-4, 1e-3, step_size=10)
+    values = [float(schedule(s)) for s in (0, 5, 10, 15, 20, 30)]
+    np.testing.assert_allclose(values, [1e-4, 5.5e-4, 1e-3, 5.5e-4, 1e-4, 1e-3], rtol=1e-5)
+    with pytest.raises(ValueError, match="base_lr=0.01, max_lr=0.001"):
+        CyclicalLearningRate(1e-2, 1e-3, 10)
+
+
+def test_range_test_suggests_the_rate_before_the_loss_rises(mnist):
+    rates = np.linspace(1e-5, 1e-1, 100)
+    losses = np.concatenate([np.linspace(2.3, 0.5, 60), np.linspace(0.5, 5.0, 39), [np.nan]])
+    base, top = suggest_bounds(rates, losses, smoothing=0.0)
+    assert top == pytest.approx(rates[59]) and base == pytest.approx(top / 4)
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    trainer = kp.adversarial(kp.models.small_cnn(seed=0, filters=(4, 8), dense_units=32), "nfgsm", 0.1)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-5),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history, (low, high) = kp.schedules.lr_range_test(trainer, kp.data.make_dataset(x[:2000], y[:2000]))
+    assert len(history) == 20 and history[-1][0] > history[0][0] and 1e-5 <= low < high <= 1.0001e-1
