@@ -6,11 +6,19 @@ Add `PixelwiseNoiseInjection` to a model, train it with
 (`pgd`, `spsa`, `apgd`, `square`, `autoattack`), all EOT-aware.
 """
 
+import os
+
+# TensorFlow's C++ start-up lines (CUDA probing on machines without a GPU, oneDNN notices) carry nothing a
+# user can act on; hide them unless the user chose a level. This must precede the first TensorFlow import.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# ruff: noqa: E402
 from keras_pnil import (
                         attacks,
                         callbacks,
                         data,
                         evaluation,
+                        experiments,
                         files,
                         models,
                         recipe,
@@ -30,7 +38,7 @@ from keras_pnil.training import AdversarialModel, adversarial
 __version__ = "0.1.0"
 __all__ = [
     "EOT", "AdversarialModel", "Budget", "PixelwiseNoiseInjection", "RobustnessResult", "accuracy", "adversarial",
-    "apgd", "attacks", "autoattack", "callbacks", "data", "evaluation", "files", "get_attack", "models", "pgd",
-    "recipe", "report", "reproduce", "robustness", "run_autoattack", "runs", "schedules", "spsa", "square", "stats",
-    "training", "validation",
+    "apgd", "attacks", "autoattack", "callbacks", "data", "evaluation", "experiments", "files", "get_attack",
+    "models", "pgd", "recipe", "report", "reproduce", "robustness", "run_autoattack", "runs", "schedules", "spsa",
+    "square", "stats", "training", "validation",
 ]

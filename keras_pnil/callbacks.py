@@ -59,16 +59,50 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     and restores the weights of the epoch before the collapse. On a model with
     a random layer, `pgd_val_accuracy` is measured with `eot_samples` EOT draws
     and `pgd_no_eot_val_accuracy` with one, so a collapse hidden from attacks
-    without EOT shows as a gap between the two.
+    without EOT shows as a gap between the two. With a `state_dir`, the best
+    accuracy so far and the previous epoch's weights are kept on disk, so a
+    collapse that spans a resumed run is still seen (and undone).
     """
 
     def __init__(self, x, y, epsilon: float, steps: int = 10, eot_samples: int = 4,
-                 early_stop: bool = False, drop: float = 0.2):
+                 early_stop: bool = False, drop: float = 0.2, state_dir=None):
         super().__init__()
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y)
         self.epsilon, self.steps, self.eot_samples = epsilon, steps, eot_samples
         self.early_stop, self.drop = early_stop, drop
-        self.best, self._previous_weights = -1.0, None
+        self.state_dir = None if state_dir is None else Path(state_dir)
+        self.best, self.collapsed_at = -1.0, None
+
+    @property
+    def _weights_path(self) -> Path:
+        return self.state_dir / "previous.weights.h5"
+
+    def on_train_begin(self, logs=None):
+        self._previous_weights = None
+        if self.state_dir is not None and (self.state_dir / "state.json").exists():
+            self.best = json.loads((self.state_dir / "state.json").read_text())["best"]
+            if self._weights_path.exists():
+                self._previous_weights = self._load_previous()
+
+    def _load_previous(self) -> list:
+        current = self.model.get_weights()
+        self.model.load_weights(self._weights_path)
+        previous = self.model.get_weights()
+        self.model.set_weights(current)
+        return previous
+
+    def _remember(self, epoch: int) -> None:
+        """Keeps the best accuracy and, when a collapse would be undone, this epoch's weights."""
+        if self.early_stop:
+            self._previous_weights = self.model.get_weights()
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.early_stop:
+            tmp = self.state_dir / ".previous.tmp.weights.h5"
+            self.model.save_weights(tmp)
+            os.replace(tmp, self._weights_path)
+        atomic_write_json(self.state_dir / "state.json", {"best": self.best, "epoch": epoch + 1})
 
     def _pgd_accuracy(self, eot_samples: int) -> float:
         x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps, eot_samples=eot_samples)
@@ -85,7 +119,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
             print(f"\nCatastrophic overfitting at epoch {epoch + 1}: PGD accuracy {pgd_accuracy:.3f} "
                   f"after a best of {self.best:.3f}; stopping and restoring the previous epoch.")
             self.model.set_weights(self._previous_weights)
-            self.model.stop_training = True
+            self.model.stop_training, self.collapsed_at = True, epoch + 1
             return
         self.best = max(self.best, pgd_accuracy)
-        self._previous_weights = self.model.get_weights()
+        self._remember(epoch)

@@ -92,7 +92,8 @@ def _dataset_directory(name: str, data_dir: Path) -> Path:
     if name == "cifar10" and (data_dir / "cifar-10-batches-bin").is_dir():
         return data_dir / "cifar-10-batches-bin"
     if not data_dir.is_dir():
-        raise DatasetError(f"Data directory {data_dir} does not exist.")
+        raise DatasetError(f"Data directory {data_dir} does not exist: point --data-dir or ${DATA_DIR_ENV} at a "
+                           "folder holding the official files.")
     return data_dir
 
 

@@ -14,18 +14,22 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     The temporary name is unique per writer (two writers of one file cannot
     clobber each other's half-written copy) and its content reaches the disk
     (`fsync`) before the rename, so a crash leaves the old file or the new one.
+    A failure (full disk, read-only folder) raises an OSError naming `path`
+    and leaves any earlier file there as it was.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path, tmp = Path(path), None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink()
     return path
 
 

@@ -311,8 +311,7 @@ def training_columns(specs, runs_dir, timings: dict) -> dict:
     runs_dir, columns = Path(runs_dir), {}
     clean = {s.dataset: timings.get(f"train/{s.name}") for s in specs if s.method == "clean"}
     for spec in specs:
-        seconds = timings.get(f"train/{spec.name}")
-        seconds = seconds if seconds and seconds > 5 else None  # a skipped run's time was not recorded
+        seconds = timings.get(f"train/{spec.name}")  # recorded only by the session that trained the run
         history = read_history(runs_dir / spec.name / "history.csv")
         row = {"train min": f"{seconds / 60:.1f}" if seconds else "–",
                "× clean": f"{seconds / clean[spec.dataset]:.2f}" if seconds and clean.get(spec.dataset) else "–",

@@ -1,6 +1,6 @@
 """Reproduction suites: train a grid of runs, evaluate them, and write the tables and figures.
 
-A suite (`evaluate/<name>.json`) names the data sets, training methods, PNIL
+A suite (`keras_pnil/experiments/suites/<name>.json`, or any JSON file) names the data sets, training methods, PNIL
 on/off and attacks, and per budget the folds, training flags, attack budget and
 figure settings. `run_suite` works through the grid in order and resumes: a
 finished run is not trained again (the train command's `done.json`), a killed
@@ -18,12 +18,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_pnil import data, evaluation, models, report, runs
+from keras_pnil import data, evaluation, experiments, models, report, runs
 from keras_pnil.attacks.registry import get_attack
 from keras_pnil.files import atomic_write_json, atomic_write_text
 from keras_pnil.layers import find_pnil
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
 
 
@@ -32,15 +31,12 @@ class SuiteError(ValueError):
 
 
 def load_suite(name_or_path: str) -> dict:
-    """The suite `evaluate/<name>.json` of this repository, or a JSON file's path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = REPOSITORY / "evaluate" / f"{name_or_path}.json"
+    """A shipped suite by name (table1, large_eps, mnist_eps03) or a suite file's path."""
     try:
+        path = experiments.suite_path(name_or_path)
         suite = json.loads(path.read_text())
     except OSError as err:
-        raise SuiteError(f"cannot read suite {path}: {err.strerror}. Suites live in the repository's "
-                         "evaluate/ folder; pass a path to use one elsewhere.") from None
+        raise SuiteError(f"cannot read suite {name_or_path}: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise SuiteError(f"suite {path} is not valid JSON: {err}") from None
     suite["path"] = str(path)
@@ -54,11 +50,12 @@ class RunSpec:
     dataset: str
     method: str
     pnil: bool
-    fold: int
+    fold: int | None  # None: the whole training set (a suite's "folds": [null])
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.method}-{'pnil' if self.pnil else 'baseline'}-fold{self.fold}"
+        name = f"{self.dataset}-{self.method}-{'pnil' if self.pnil else 'baseline'}"
+        return name if self.fold is None else f"{name}-fold{self.fold}"
 
 
 def grid(suite: dict, budget: str, datasets=None) -> list[RunSpec]:
@@ -75,13 +72,15 @@ def grid(suite: dict, budget: str, datasets=None) -> list[RunSpec]:
 
 
 def _method_settings(suite: dict, spec: RunSpec) -> tuple[dict, dict]:
-    """The method's training file (train/*.json) and the suite's options for it."""
+    """The method's training configuration (a shipped name or a path) and the suite's options for it."""
     method = {k: v for k, v in suite["methods"][spec.method].items() if k != "pnil"}
-    path = REPOSITORY / method.pop("config").format(dataset=spec.dataset)
+    name = method.pop("config").format(dataset=spec.dataset)
     try:
-        return json.loads(path.read_text()), method
-    except (OSError, json.JSONDecodeError) as err:
-        raise SuiteError(f"cannot read training configuration {path}: {err}") from None
+        return json.loads(experiments.train_config_path(name).read_text()), method
+    except OSError as err:
+        raise SuiteError(f"cannot read training configuration {name}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise SuiteError(f"training configuration {name} is not valid JSON: {err}") from None
 
 
 def train_config(suite: dict, budget: str, spec: RunSpec, data_dir=None) -> dict:
@@ -120,9 +119,10 @@ def _figure_units(figures: dict, methods: int) -> float:
     return eot_curves + sweeps
 
 
-def forward_throughput(dataset: str, batch_size: int = 500, repeats: int = 3) -> float:
-    """Images per second of a compiled forward pass of the data set's model, measured here."""
-    model = models.for_dataset(dataset, pnil=True)
+def forward_throughput(dataset: str, architecture: str | None = None, batch_size: int = 500,
+                       repeats: int = 3) -> float:
+    """Images per second of a compiled forward pass of the network (default: the data set's), measured here."""
+    model = models.for_dataset(dataset, pnil=True, architecture=architecture)
     forward = tf.function(lambda x: model(x, training=False))
     x = tf.random.uniform((batch_size, *data.IMAGE_SHAPES[dataset]))
     forward(x).numpy()
@@ -137,7 +137,8 @@ def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: di
     settings, seconds = suite["budgets"][budget], {}
     for spec in specs:
         config, method = _method_settings(suite, spec)
-        units = _training_units({**config, **method, **settings["train"]}, OFFICIAL_SIZES[spec.dataset][0] // 2)
+        n_train = OFFICIAL_SIZES[spec.dataset][0] // (1 if spec.fold is None else 2)  # a fold trains on half
+        units = _training_units({**config, **method, **settings["train"]}, n_train)
         units += _evaluation_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
                                    suite["attacks"])
         seconds[spec.dataset] = seconds.get(spec.dataset, 0.0) + units / throughput[spec.dataset]

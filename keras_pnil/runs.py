@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -27,7 +28,7 @@ from keras_pnil.training import METHODS, get_perturbation
 from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
 
 CONFIG, MODEL, DONE, HISTORY = "config.json", "model.keras", "done.json", "history.csv"
-BACKUP, BEST, LOGS, LR_RANGE_TEST = "backup", "best", "logs", "lr_range_test.csv"
+BACKUP, BEST, LOGS, LR_RANGE_TEST, MONITOR = "backup", "best", "logs", "lr_range_test.csv", "monitor"
 
 # Every option of a training run, with its default (the train command's flags and train/*.json keys).
 TRAIN_DEFAULTS = {
@@ -35,8 +36,11 @@ TRAIN_DEFAULTS = {
     "epochs": 10, "batch_size": 100, "seed": 0, "strategy": "default", "train_size": None, "validation_size": None,
     "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
     "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "monitor_images": 200,
-    "monitor_eot": 4, "early_stop": False,
+    "monitor_eot": 4, "early_stop": False, "checkpoint": "best",
 }
+# "best": restore the weights of the lowest adversarial validation loss (the paper); "last": keep the final
+# weights, as Wong et al. do, so that a collapse at the end of training shows in the evaluated model.
+CHECKPOINTS = ("best", "last")
 _COUNTS = ("epochs", "batch_size", "eot_samples", "pgd_steps", "monitor_images", "monitor_eot")
 _OPTIONAL_COUNTS = ("train_size", "validation_size")
 _POSITIVE = ("base_lr", "max_lr", "noise_multiplier", "alpha_ratio")
@@ -61,6 +65,7 @@ def training_config(options: dict) -> dict:
     check_choice("training method", config["method"], METHODS)
     check_choice("strategy", config["strategy"], recipe.STRATEGIES)
     check_choice("learning-rate schedule", config["lr_schedule"], recipe.LR_SCHEDULES)
+    check_choice("checkpoint", config["checkpoint"], CHECKPOINTS)
     config["architecture"] = config["architecture"] or models.default_architecture(config["dataset"])
     check_choice("architecture", config["architecture"], models.ARCHITECTURES)
     epsilon = config["epsilon"]
@@ -121,20 +126,22 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
         trainer = recipe.build_trainer(config)
         recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch))
     atomic_write_json(out / CONFIG, config)
+    monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
+                                             eot_samples=config["monitor_eot"], state_dir=out / MONITOR)
     callbacks = [
-        CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
-                                       eot_samples=config["monitor_eot"]),
+        monitor,
         keras.callbacks.BackupAndRestore(str(out / BACKUP)),
-        BestCheckpoint(out / BEST),
         keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
         keras.callbacks.TensorBoard(str(out / LOGS)),
+        *([BestCheckpoint(out / BEST)] if config["checkpoint"] == "best" else []),
     ]
+    # shuffle=False: the data set shuffles itself (Keras would warn that it ignores the flag).
     history = trainer.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], callbacks=callbacks,
-                          verbose=2 if os.environ.get("CI") else 1)
+                          shuffle=False, verbose=2 if os.environ.get("CI") else 1)
     tmp = out / ".model.tmp.keras"  # Keras insists on the suffix
     trainer.save(tmp)
     os.replace(tmp, out / MODEL)
-    return history.history
+    return history.history, monitor.collapsed_at is not None
 
 
 def train_run(config: dict, out, data=None) -> str:
@@ -154,7 +161,11 @@ def train_run(config: dict, out, data=None) -> str:
     config = {**config, "n_train": int(len(train_idx)), "validation_indices": val_idx.tolist()}
     monitor = val_idx[: config["monitor_images"]]
     start = time.time()
-    history = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out)
+    history, stopped_early = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out)
+    finished = len(report.read_history(out / HISTORY).get("epoch", []))
+    if finished < config["epochs"] and not stopped_early:
+        raise RunError(f"{out}: training stopped after {finished} of {config['epochs']} epochs; "
+                       "not marked finished (run the command again to resume)")
     last = {k: float(v[-1]) for k, v in history.items()}
     summary = (f"{config['dataset']} {config['method']}{' +PNIL' if config['pnil'] else ''} "
                f"ε={config['epsilon']:.4g}: {len(history.get('loss', []))} epochs this session in "
@@ -165,13 +176,26 @@ def train_run(config: dict, out, data=None) -> str:
     return summary
 
 
-def load_run(run) -> tuple[dict, keras.Model]:
-    """A finished run's configuration and model."""
+def check_run(run) -> dict:
+    """The configuration of a finished run, after checking that its model file is a Keras archive."""
     run = Path(run)
     try:
         config = read_json(run / CONFIG)
     except (OSError, json.JSONDecodeError) as err:
-        raise RunError(f"{run} is not a finished training run: cannot read {CONFIG} ({err})") from None
+        reason = err.strerror if isinstance(err, OSError) else f"not valid JSON: {err}"
+        raise RunError(f"{run} is not a finished training run: cannot read {CONFIG} ({reason})") from None
+    model = run / MODEL
+    if not model.is_file():
+        raise RunError(f"{run} is not a finished training run: it has no {MODEL}")
+    if not zipfile.is_zipfile(model):
+        raise RunError(f"{model} is not a Keras model file (a .keras zip archive): truncated or another format")
+    return config
+
+
+def load_run(run) -> tuple[dict, keras.Model]:
+    """A finished run's configuration and model."""
+    run = Path(run)
+    config = check_run(run)
     try:
         model = keras.models.load_model(run / MODEL)
     except Exception as err:  # Keras raises many types for unreadable files
@@ -197,9 +221,10 @@ def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[n
 
 def _reused_record(path: Path, request: dict, attacks) -> dict | None:
     """The record of an evaluation written earlier for the same request, described as this version does."""
-    if not path.exists():
-        return None
-    stored = read_json(path)
+    try:
+        stored = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None  # absent or unreadable: evaluate again (the new file replaces it atomically)
     if stored.get("request") != request:
         return None
     budget = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks)})
@@ -221,6 +246,7 @@ def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: 
     path = out / f"{run.name}.json"
     reused = _reused_record(path, request, attacks) if reuse else None
     if reused is not None:
+        print(f"== {run}: evaluated earlier with the same budget, read back from {path}")
         return reused
     config, model = load_run(run)
     dataset = config["dataset"]

@@ -112,6 +112,7 @@ def lr_range_test(model: keras.Model, dataset, min_lr: float = 1e-5, max_lr: flo
     if steps < 1:
         raise ValueError("The range test needs a dataset of known, non-zero length or steps_per_epoch.")
     ramp = _LinearRamp(min_lr, max_lr, epochs * steps)
-    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[ramp], verbose=0)
+    # shuffle=False: a tf.data set shuffles itself (Keras would warn that it ignores the flag).
+    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[ramp], shuffle=False, verbose=0)
     rates, losses = zip(*ramp.history, strict=True)
     return ramp.history, suggest_bounds(rates, losses)

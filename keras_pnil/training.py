@@ -215,5 +215,8 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
             f"Model {model.name!r} has no defined inputs: build it with keras.Input "
             "(or call it on data) before making it adversarial."
         )
+    # A single input and output are passed bare, not as lists of one: Keras would otherwise warn on every
+    # call with a plain tensor that "the structure of `inputs` doesn't match the expected structure".
+    inputs, outputs = (t[0] if len(t) == 1 else t for t in (inputs, outputs))
     return AdversarialModel(inputs, outputs, method=method, epsilon=epsilon,
                             method_options=options, name=model.name)

@@ -54,3 +54,20 @@ def test_best_checkpoint_keeps_the_lowest_value_across_sessions(mnist, tmp_path)
     resumed.on_train_end()
     for a, b in zip(trainer.get_weights(), best_weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_collapse_spanning_a_resume_is_still_seen(mnist, monkeypatch, tmp_path):
+    (x, y), _ = mnist
+    trainer = _trainer()
+    readings = iter([0.9, 0.05])
+    monkeypatch.setattr("keras_pnil.evaluation.accuracy", lambda *a, **k: next(readings))
+    first = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2, early_stop=True, state_dir=tmp_path)
+    trainer.fit(x[:200], y[:200], epochs=1, verbose=0, callbacks=[first])
+    before_collapse = trainer.get_weights()
+    assert json.loads((tmp_path / "state.json").read_text())["best"] == 0.9
+    # A new session (the command started again): the monitor reads the best so far and the weights back.
+    resumed = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2, early_stop=True, state_dir=tmp_path)
+    history = trainer.fit(x[:200], y[:200], epochs=3, verbose=0, callbacks=[resumed])
+    assert len(history.history["loss"]) == 1 and resumed.collapsed_at == 1
+    for a, b in zip(trainer.get_weights(), before_collapse, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -50,9 +50,10 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path, data_dir):
 def test_train_command_names_a_bad_option_in_one_line(tmp_path):
     done = subprocess.run(_command("train_main", "--fold", "12", "--out", tmp_path / "run"), capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr  # argparse's status for a bad flag
     # TensorFlow's own start-up lines may precede it; ours is one line, the last.
-    assert done.stderr.strip().splitlines()[-1] == "error: fold must be one of 0-9 (the 5×2 protocol); got 12."
+    assert done.stderr.strip().splitlines()[-1] == (
+        "keras-pnil-train: error: argument --fold: must be one of 0-9 (the 5×2 protocol); got 12")
     assert not (tmp_path / "run").exists()  # rejected before any work
     bad_config = tmp_path / "bad.json"
     bad_config.write_text('{"epochs": 3, "learning_rate": 0.1}')
@@ -81,7 +82,7 @@ def test_evaluate_command_prints_the_table_and_rejects_bad_runs(trained_pair, tm
     bad = subprocess.run(cmd[:3] + [str(tmp_path), "--out", str(tmp_path / "e2")], capture_output=True, text=True)
     assert bad.returncode == 1 and "not a finished training run" in bad.stderr and "Traceback" not in bad.stderr
     unknown = subprocess.run(cmd + ["--attacks", "pgd,cw"], capture_output=True, text=True)
-    assert unknown.returncode == 1 and "Unknown attack 'cw'" in unknown.stderr
+    assert unknown.returncode == 2 and "Unknown attack 'cw'" in unknown.stderr
 
 
 def test_reproduce_command_names_a_missing_budget(capsys, tmp_path):
@@ -94,3 +95,52 @@ def test_reproduce_command_names_a_missing_budget(capsys, tmp_path):
 def test_reproduce_command_estimates_the_cost_before_starting(capsys):
     assert cli.reproduce_main(["--budget", "paper", "--datasets", "mnist", "--estimate-only"]) == 0
     assert "estimate: mnist: 40 runs, about" in capsys.readouterr().out
+
+
+def _save_run(model, run):
+    run.mkdir(parents=True)
+    model.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"dataset": "mnist", "method": "nfgsm", "pnil": False,
+                                                 "epsilon": 8 / 255, "epochs": 2, "validation_indices": []}))
+
+
+def test_a_killed_evaluation_reuses_the_targets_it_finished(trained_pair, tmp_path, data_dir):
+    for name in ("a", "b"):
+        _save_run(trained_pair[False], tmp_path / name)
+    cmd = _command("evaluate_main", tmp_path / "a", tmp_path / "b", "--data-dir", data_dir, "--budget", "quick",
+                   "--num-images", "300", "--spsa-images", "100", "--pgd-steps", "20", "--attacks", "pgd,square",
+                   "--square-queries", "300", "--out", tmp_path / "eval")
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finished = tmp_path / "eval" / "a.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and not finished.exists():
+        time.sleep(0.2)
+    assert first.poll() is None, "the evaluation ended before it could be interrupted:\n" + first.stdout.read()
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (tmp_path / "eval" / "b.json").exists()
+    stamp = finished.stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert finished.stat().st_mtime_ns == stamp and "read back" in again.stdout
+    assert (tmp_path / "eval" / "b.json").exists()
+    assert not [p.name for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_a_full_disk_is_one_line_and_earlier_results_stay(trained_pair, tmp_path, data_dir, monkeypatch, capsys):
+    _save_run(trained_pair[False], tmp_path / "a")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "a.json").write_text("earlier results")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("keras_pnil.files.os.fsync", full)
+    code = cli.evaluate_main([str(tmp_path / "a"), "--data-dir", str(data_dir), "--budget", "quick",
+                              "--num-images", "20", "--spsa-images", "10", "--pgd-steps", "2", "--attacks", "pgd",
+                              "--square-queries", "10", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == [f"error: cannot write {out / 'a.json'}: No space left on device"]
+    assert (out / "a.json").read_text() == "earlier results"
+    assert [p.name for p in out.iterdir()] == ["a.json"]

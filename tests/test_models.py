@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 
 from keras_pnil import PixelwiseNoiseInjection, models
 
@@ -33,3 +34,12 @@ def test_resnet11_has_eleven_weight_layers():
 def test_for_dataset_picks_the_papers_network():
     assert models.for_dataset("cifar10", widths=(4, 4, 4, 4)).name == "resnet11"
     assert models.for_dataset("fashion_mnist", pnil=True).name == "small_cnn_pnil"
+
+
+def test_wong_mnist_is_wong_et_als_network():
+    model = models.for_dataset("mnist", architecture="wong_mnist")
+    assert [layer.output.shape[1:] for layer in _weight_layers(model)] == [(14, 14, 16), (7, 7, 32), (100,), (10,)]
+    assert model.count_params() == 166_406  # as the PyTorch net: 272 + 8,224 + 156,900 + 1,010
+    assert isinstance(models.wong_mnist(pnil=True).layers[1], PixelwiseNoiseInjection)
+    with pytest.raises(ValueError, match="Unknown architecture 'vgg'"):
+        models.for_dataset("mnist", architecture="vgg")

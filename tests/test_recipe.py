@@ -2,7 +2,7 @@ import keras
 import pytest
 
 from keras_pnil import recipe, runs
-from keras_pnil.schedules import CyclicalLearningRate
+from keras_pnil.schedules import CyclicalLearningRate, OneCycleLearningRate
 
 
 def test_the_trainer_follows_the_configuration():
@@ -10,11 +10,12 @@ def test_the_trainer_follows_the_configuration():
     trainer = recipe.build_trainer(config)
     assert trainer.perturbation.steps == 3 and trainer.perturbation.epsilon == pytest.approx(8 / 255)
     assert trainer.get_layer("pnil") is not None
-    recipe.compile_trainer(trainer, 1e-4, 1e-3, steps_per_epoch=50)
-    schedule = trainer.optimizer.learning_rate if isinstance(trainer.optimizer.learning_rate,
-                                                            CyclicalLearningRate) else trainer.optimizer._learning_rate
+    schedule = recipe.learning_rate(config, steps_per_epoch=50)
     assert isinstance(schedule, CyclicalLearningRate) and schedule.step_size == 100  # half-cycles of 2 epochs
+    recipe.compile_trainer(trainer, schedule)
     assert isinstance(trainer.optimizer, keras.optimizers.Adam)
+    one_cycle = recipe.learning_rate(runs.training_config({"lr_schedule": "one_cycle", "epochs": 3}), 50)
+    assert isinstance(one_cycle, OneCycleLearningRate) and one_cycle.total_steps == 150
 
 
 def test_method_options_per_method():

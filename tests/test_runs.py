@@ -1,4 +1,5 @@
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -51,6 +52,25 @@ def test_a_directory_without_a_finished_run_is_named(tmp_path):
     with pytest.raises(runs.RunError, match="is not a finished training run"):
         runs.load_run(tmp_path)
     (tmp_path / runs.CONFIG).write_text(json.dumps({"dataset": "mnist"}))
+    with pytest.raises(runs.RunError, match="it has no model.keras"):
+        runs.load_run(tmp_path)
     (tmp_path / runs.MODEL).write_text("not a Keras file")
+    with pytest.raises(runs.RunError, match=r"is not a Keras model file \(a .keras zip archive\)"):
+        runs.load_run(tmp_path)
+    with zipfile.ZipFile(tmp_path / runs.MODEL, "w") as archive:
+        archive.writestr("config.json", "{}")  # a zip, but not a model Keras can build
     with pytest.raises(runs.RunError, match="cannot load the model"):
         runs.load_run(tmp_path)
+
+
+def test_the_last_checkpoint_keeps_the_final_weights_and_marks_the_run_done(tmp_path, mnist):
+    config = runs.training_config({"architecture": "wong_mnist", "lr_schedule": "one_cycle", "max_lr": 5e-3,
+                                   "checkpoint": "last", "train_size": 300, "validation_size": 100, "epochs": 1,
+                                   "monitor_images": 20, "method": "rfgsm", "epsilon": 0.3})
+    summary = runs.train_run(config, tmp_path / "run", mnist)
+    assert "1 epochs this session" in summary and runs.is_finished(tmp_path / "run")
+    assert not (tmp_path / "run" / runs.BEST).exists()  # no checkpoint selection
+    stored, model = runs.load_run(tmp_path / "run")
+    assert stored["architecture"] == "wong_mnist" and model.name == "wong_mnist"
+    with pytest.raises(ValueError, match="Unknown checkpoint 'middle'"):
+        runs.training_config({"checkpoint": "middle"})

@@ -26,3 +26,14 @@ def test_range_test_suggests_the_rate_before_the_loss_rises(mnist):
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history, (low, high) = kp.schedules.lr_range_test(trainer, kp.data.make_dataset(x[:2000], y[:2000]))
     assert len(history) == 20 and history[-1][0] > history[0][0] and 1e-5 <= low < high <= 1.0001e-1
+
+
+def test_one_cycle_rises_to_its_peak_at_two_fifths_and_ends_at_zero():
+    schedule = kp.schedules.OneCycleLearningRate(5e-3, total_steps=100)
+    rates = {step: float(schedule(step)) for step in (0, 19, 39, 69, 99)}
+    # The rate after step + 1 updates, as Wong et al. set it: np.interp(t, [0, 0.4, 1], [0, max, 0]).
+    expected = {s: float(np.interp((s + 1) / 100, [0, 0.4, 1], [0, 5e-3, 0])) for s in rates}
+    assert rates == pytest.approx(expected, abs=1e-9)
+    assert kp.schedules.OneCycleLearningRate.from_config(schedule.get_config()).total_steps == 100
+    with pytest.raises(ValueError, match="peak_fraction=1.5"):
+        kp.schedules.OneCycleLearningRate(1e-3, 10, peak_fraction=1.5)

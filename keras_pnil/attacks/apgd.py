@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, generator, per_image, project
+from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, compiled, per_image, project
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.validation import check_choice, check_count
 
@@ -129,7 +129,8 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
     steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     check_choice("APGD loss", loss, LOSSES)
     model_fn = EOT(model, eot_samples)
-    attack = _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho, generator(seed))
+    attack = compiled(model, ("apgd", model_fn.samples, epsilon, steps, loss, momentum, rho),
+                      lambda rng: _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho, rng), seed)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     x_adv, fooled = x.copy(), np.zeros(len(x), bool)
     for _ in range(restarts):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -19,11 +22,35 @@ def check_attack_args(x, y, epsilon: float, batch_size: int) -> float:
     return check_epsilon(epsilon)
 
 
-def generator(seed: int | None) -> tf.random.Generator:
-    """The attack's own random generator: it never reads or resets TensorFlow's global seed."""
-    if seed is None:
-        return tf.random.Generator.from_non_deterministic_state()
-    return tf.random.Generator.from_seed(check_count("seed", seed, minimum=0))
+def _seed_value(seed: int | None) -> int:
+    return int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else check_count("seed", seed, minimum=0)
+
+
+# Compiled attack graphs live on the model they attack, so repeated calls with the same settings and
+# shapes (an attack run every epoch, batch after batch, restart after restart) trace once, and the graphs
+# go with the model. (A global cache keyed weakly by model would keep every model alive: its graphs
+# refer to it.) Set past Keras' attribute tracking, which would try to track the dict as state.
+_CACHE = "_keras_pnil_attack_graphs"
+
+
+def compiled(model: keras.Model, key: tuple, build, seed: int | None):
+    """The attack graph `build(rng)` for `model` and `key`, built once, its generator reset to `seed`.
+
+    The attack's own `tf.random.Generator` is created with the graph (a
+    variable cannot be created inside a traced function) and reseeded on every
+    call, so a cached graph gives exactly what a fresh one would. It never
+    reads or resets TensorFlow's global seed.
+    """
+    graphs = getattr(model, _CACHE, None)
+    if graphs is None:
+        graphs = {}
+        object.__setattr__(model, _CACHE, graphs)
+    if key not in graphs:
+        rng = tf.random.Generator.from_seed(0)
+        graphs[key] = (build(rng), rng)
+    attack, rng = graphs[key]
+    rng.reset_from_seed(_seed_value(seed))
+    return attack
 
 
 def run_batched(attack, x, y, batch_size: int) -> np.ndarray:

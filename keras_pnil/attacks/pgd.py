@@ -11,7 +11,7 @@ from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
     check_attack_args,
     classified_right,
-    generator,
+    compiled,
     project,
     run_batched,
 )
@@ -79,7 +79,8 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
     if not 0 < step_size <= epsilon:
         raise ValueError(f"step_size must lie in (0, epsilon={epsilon}]; got {step_size!r}.")
     model_fn = EOT(model, eot_samples)
-    attack = _pgd_graph(model_fn, epsilon, steps, step_size, random_start, generator(seed))
+    attack = compiled(model, ("pgd", model_fn.samples, epsilon, steps, step_size, random_start),
+                      lambda rng: _pgd_graph(model_fn, epsilon, steps, step_size, random_start, rng), seed)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     x_adv = run_batched(attack, x, y, batch_size)
     if restarts == 1:

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.attacks.spsa import _project_perturbation, margin_logit_loss
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, generator, run_batched
+from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, compiled, run_batched
 from keras_pnil.attacks.eot import EOT, tile
 from keras_pnil.validation import check_count, check_positive
 
@@ -138,5 +138,11 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
     model_fn = EOT(model, eot_samples)
     batch_size = min(batch_size, max(len(x), 1))
     chunks = _chunks(perturbations, perturbations * batch_size * model_fn.samples, max_model_batch)
-    optimizer = BatchedSPSAAdam(generator(seed), learning_rate, delta, perturbations, chunks)
-    return run_batched(_spsa_graph(_margin_loss(model_fn), epsilon, steps, optimizer, early_stop), x, y, batch_size)
+
+    def build(rng):
+        optimizer = BatchedSPSAAdam(rng, learning_rate, delta, perturbations, chunks)
+        return _spsa_graph(_margin_loss(model_fn), epsilon, steps, optimizer, early_stop)
+
+    attack = compiled(model, ("spsa", model_fn.samples, epsilon, steps, perturbations, learning_rate, delta,
+                              early_stop, chunks), build, seed)
+    return run_batched(attack, x, y, batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, generator, run_batched
+from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, compiled, run_batched
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.validation import check_count
 
@@ -97,4 +97,6 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
     if np.ndim(x) != 4:
         raise ValueError(f"square expects NHWC image batches; got shape {np.shape(x)}.")
     model_fn = EOT(model, eot_samples)
-    return run_batched(_square_graph(model_fn, epsilon, queries, p_init, generator(seed)), x, y, batch_size)
+    attack = compiled(model, ("square", model_fn.samples, epsilon, queries, p_init),
+                      lambda rng: _square_graph(model_fn, epsilon, queries, p_init, rng), seed)
+    return run_batched(attack, x, y, batch_size)
