@@ -6,11 +6,34 @@ Add `PixelwiseNoiseInjection` to a model, train it with
 (`pgd`, `spsa`, `apgd`, `square`, `autoattack`), all EOT-aware.
 """
 
+import contextlib
 import os
 
-# TensorFlow's C++ start-up lines (CUDA probing on machines without a GPU, oneDNN notices) carry nothing a
-# user can act on; hide them unless the user chose a level. This must precede the first TensorFlow import.
+# TensorFlow's C++ start-up lines (absl's "before InitializeLog" notice, oneDNN and CUDA probing on machines
+# without a GPU) carry nothing a user can act on; hide them unless the user chose a log level below 2.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silences file descriptor 2 (where TensorFlow's C++ writes, whatever its log level) for a moment."""
+    if int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) < 2:
+        yield
+        return
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+with _quiet_native_stderr():  # imports TensorFlow and probes its devices, the two noisy steps
+    import tensorflow as _tf
+
+    _tf.config.list_physical_devices("GPU")
 
 # ruff: noqa: E402
 from keras_pnil import (

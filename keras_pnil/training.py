@@ -189,7 +189,7 @@ class AdversarialModel(keras.Model):
 
     def plain_model(self) -> keras.Model:
         """The same layers and weights as a plain `keras.Model`, without training code."""
-        return keras.Model(self.inputs, self.outputs, name=self.name)
+        return keras.Model(*_bare(self.inputs, self.outputs), name=self.name)
 
     def save(self, filepath, *args, **kwargs):
         return self.plain_model().save(filepath, *args, **kwargs)
@@ -215,8 +215,14 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
             f"Model {model.name!r} has no defined inputs: build it with keras.Input "
             "(or call it on data) before making it adversarial."
         )
-    # A single input and output are passed bare, not as lists of one: Keras would otherwise warn on every
-    # call with a plain tensor that "the structure of `inputs` doesn't match the expected structure".
-    inputs, outputs = (t[0] if len(t) == 1 else t for t in (inputs, outputs))
-    return AdversarialModel(inputs, outputs, method=method, epsilon=epsilon,
+    return AdversarialModel(*_bare(inputs, outputs), method=method, epsilon=epsilon,
                             method_options=options, name=model.name)
+
+
+def _bare(inputs, outputs) -> tuple:
+    """A single input or output bare, not as a list of one.
+
+    Keras would otherwise warn on every call with a plain tensor that "the
+    structure of `inputs` doesn't match the expected structure".
+    """
+    return tuple(t[0] if len(t) == 1 else t for t in (inputs, outputs))

@@ -1,7 +1,14 @@
 """The package's shape: no import cycles, no global seeding, the public API users call."""
 
 import ast
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
+
+import keras
+import numpy as np
 
 import keras_pnil as kp
 
@@ -56,3 +63,20 @@ def test_the_public_api_holds_what_users_call():
     for name in ("adversarial", "AdversarialModel", "PixelwiseNoiseInjection", "robustness", "accuracy", "pgd",
                  "spsa", "apgd", "square", "autoattack", "run_autoattack", "EOT", "get_attack"):
         assert name in kp.__all__ and getattr(kp, name) is not None, name
+
+
+def test_importing_the_package_and_starting_tensorflow_prints_nothing():
+    code = "import keras_pnil, tensorflow as tf; tf.constant(1).numpy()"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == ""
+
+
+def test_trainers_and_saved_models_take_a_plain_tensor_without_warnings(tmp_path):
+    trainer = kp.adversarial(kp.models.small_cnn(filters=(4, 8), dense_units=16), "fgsm", 0.1)
+    trainer.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in (trainer, loaded):
+            model(np.zeros((2, 28, 28, 1), np.float32))
