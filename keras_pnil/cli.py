@@ -130,7 +130,7 @@ def train_parser() -> argparse.ArgumentParser:
     d = runs.TRAIN_DEFAULTS
     # Flags not given stay out of the namespace, so a --config file's values are not overridden by defaults.
     p = _Parser(prog="keras-pnil-train", argument_default=argparse.SUPPRESS,
-                                description="Adversarially train one of the paper's models.")
+                description="Adversarially train one of the paper's models.")
     p.add_argument("--config", help="JSON file of defaults, or the name of a shipped one (mnist_nfgsm, "
                                     "fashion_mnist_rfgsm, mnist_eps03_wong, ...: see train/README.md)")
     p.add_argument("--out", required=True, help="run directory (re-running resumes it)")
@@ -193,8 +193,7 @@ def train_main(argv=None) -> int:
 # ---------------------------------------------------------------- keras-pnil-evaluate
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="keras-pnil-evaluate",
-                                description="PGD and SPSA (with EOT) robustness of trained runs, as the paper's "
-                                            "Table 1.")
+                description="PGD and SPSA (with EOT) robustness of trained runs, as the paper's Table 1.")
     p.add_argument("runs", nargs="+", help="run directories written by keras-pnil-train")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="paper",
@@ -245,8 +244,8 @@ def evaluate_main(argv=None) -> int:
 # ---------------------------------------------------------------- keras-pnil-reproduce
 def reproduce_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="keras-pnil-reproduce",
-                                description="Run a suite's grid (default: the paper's Table 1): train, evaluate, "
-                                            "tables and figures. Rerunning resumes where it stopped.")
+                description="Run a suite's grid (default: the paper's Table 1): train, evaluate, tables and "
+                            "figures. Rerunning resumes where it stopped.")
     p.add_argument("--suite", default="table1",
                    help="a shipped suite (table1, large_eps, mnist_eps03) or a suite file's path (default: table1)")
     p.add_argument("--budget", default=None,

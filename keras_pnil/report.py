@@ -306,14 +306,17 @@ def timings_markdown(timings: dict) -> str:
         f"; total {total / 60:.1f} min"
 
 
-def training_columns(specs, runs_dir, timings: dict) -> dict:
-    """Per run: training minutes, cost relative to the same data set's clean run, collapse epochs."""
-    runs_dir, columns = Path(runs_dir), {}
+def training_columns(specs, histories: dict, timings: dict) -> dict:
+    """Per run: training seconds, cost relative to the same data set's clean run, collapse epochs.
+
+    `histories` maps each run's name to its per-epoch log (`history.csv`).
+    """
+    columns = {}
     clean = {s.dataset: timings.get(f"train/{s.name}") for s in specs if s.method == "clean"}
     for spec in specs:
         seconds = timings.get(f"train/{spec.name}")  # recorded only by the session that trained the run
-        history = read_history(runs_dir / spec.name / "history.csv")
-        row = {"train min": f"{seconds / 60:.1f}" if seconds else "–",
+        history = read_history(histories[spec.name])
+        row = {"train s": f"{seconds:.0f}" if seconds else "–",
                "× clean": f"{seconds / clean[spec.dataset]:.2f}" if seconds and clean.get(spec.dataset) else "–",
                "collapse (epoch)": collapse_epoch(history.get("pgd_val_accuracy", [])) or "none"}
         if "pgd_no_eot_val_accuracy" in history:
@@ -323,7 +326,7 @@ def training_columns(specs, runs_dir, timings: dict) -> dict:
 
 
 def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dict, tables: dict, specs,
-                  runs_dir) -> str:
+                  histories: dict) -> str:
     """The Markdown summary a reproduce run writes next to its tables and figures."""
     datasets = ",".join(dict.fromkeys(s.dataset for s in specs))
     settings = suite["budgets"][budget]
@@ -343,7 +346,7 @@ def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dic
         "and the change from doubling PGD's steps and EOT samples (flagged below -3); ⚠ = flagged. "
         "Collapse: the first epoch whose per-epoch PGD-10 accuracy on the fixed validation batch fell more than "
         "20 points below its best so far.\n",
-        runs_markdown(records, training_columns(specs, runs_dir, timings)),
+        runs_markdown(records, training_columns(specs, histories, timings)),
         "\n## Does the PNIL learn structure?\n",
         f"Noise σ on object pixels (> 0.5) and background pixels (< 0.05) of {figures['settings']['images']} "
         "held-out images, first fold.\n", structure_markdown(figures["structure"]),

@@ -216,7 +216,7 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
                 structure[spec.name] = evaluation.pnil_structure(layer, x)
                 paths.append(report.plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
                                                    title=f"{spec.name}: learned PNIL"))
-        histories = {_label(s): runs_dir / s.name / "history.csv" for s in chosen}
+        histories = {_label(s): runs_dir / s.name / runs.HISTORY for s in chosen}
         paths += _plot_dataset(dataset, config["epsilon"], curves, histories, settings, results_dir)
     return {"structure": structure, "paths": paths, "settings": settings}
 
@@ -258,7 +258,8 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
     figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))
     atomic_write_json(timings_path, timings)
     tables = report.write_tables(records, results_dir)
-    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs, runs_dir)
+    histories = {s.name: runs_dir / s.name / runs.HISTORY for s in specs}
+    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs, histories)
     path = results_dir / "summary.md"
     atomic_write_text(path, summary)
     print(summary)

@@ -73,6 +73,7 @@ def test_every_bad_input_gets_one_line_and_the_right_exit_status(inputs):
     failures = []
     for (command, _, status, expected), (argv, result) in zip(CASES, done, strict=True):
         lines = result.stderr.strip().splitlines()
+        print(f"keras-pnil-{command} {' '.join(argv)} -> exit {result.returncode}: {lines[-1] if lines else ''}")
         ours = [line for line in lines if "error:" in line]
         ok = (result.returncode == status and lines and expected in lines[-1] and len(ours) == 1
               and "Traceback" not in result.stderr)
