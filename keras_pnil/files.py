@@ -8,6 +8,15 @@ import tempfile
 from pathlib import Path
 
 
+def _mode(path: Path) -> int:
+    """The permissions the file should have: its current ones, else what `open` would give a new file."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Writes `data` to `path` through a uniquely named temporary file in the same directory.
 
@@ -20,6 +29,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     path, tmp = Path(path), None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, _mode(path))  # mkstemp makes owner-only files; results are for everyone to read
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
