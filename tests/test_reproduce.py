@@ -7,8 +7,8 @@ from keras_pnil import reproduce
 
 TINY_SUITE = {
     "title": "tiny grid", "datasets": {"mnist": {}, "fashion_mnist": {}},
-    "methods": {"nfgsm": {"config": "train/{dataset}_nfgsm.json"},
-                "clean": {"config": "train/{dataset}_nfgsm.json", "method": "clean", "pnil": [False]}},
+    "methods": {"nfgsm": {"config": "{dataset}_nfgsm"},
+                "clean": {"config": "{dataset}_nfgsm", "method": "clean", "pnil": [False]}},
     "pnil": [False, True], "attacks": ["pgd", "pgd-no-eot", "spsa", "autoattack"],
     "budgets": {"tiny": {
         "about": "a test budget", "folds": [0, 3],
