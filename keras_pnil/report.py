@@ -75,7 +75,8 @@ def table_rows(records) -> tuple[list[str], list[list[str]]]:
     """Header and rows: ours (mean ± std %) with the paper's row below each; Min marked, * = significant."""
     groups, tests = _group(records), significance(records)
     paper_order = ("rfgsm", "nfgsm")
-    methods = sorted({m for _, _, m in groups}, key=lambda m: paper_order.index(m) if m in paper_order else 9)
+    # The paper's methods first, then the others by name: the same table on every run.
+    methods = sorted({m for _, _, m in groups}, key=lambda m: (paper_order.index(m) if m in paper_order else 9, m))
     shown = columns(records)
     header = ["data set", "model", "source"] + [f"{m.upper()} {c.capitalize() if c in ('clean', 'min') else c.upper()}"
                                                 for m in methods for c in shown]
@@ -264,7 +265,8 @@ def plot_training_curves(histories: dict, path, title: str) -> Path:
     plt = _figure()
     fig, (clean_ax, pgd_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, (label, history_path) in enumerate(histories.items()):
-        history, color = read_history(history_path), f"C{i}"
+        # tab20: distinct colours for up to 20 runs (the default cycle repeats after 10).
+        history, color = read_history(history_path), plt.get_cmap("tab20")(i % 20)
         epochs = range(1, len(history.get("pgd_val_accuracy", [])) + 1)
         clean_ax.plot(epochs, np.asarray(history.get("val_clean_accuracy", [np.nan] * len(epochs))) * 100,
                       marker="o", color=color, label=label)
