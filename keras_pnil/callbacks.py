@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 
 from keras_pnil import evaluation
 from keras_pnil.attacks.pgd import pgd
-from keras_pnil.files import atomic_write_json
+from keras_pnil.files import atomic_write_json, read_json
 from keras_pnil.layers import has_random_layer
 
 
@@ -32,7 +31,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def _best(self) -> float:
         if self.record_path.exists():
-            return json.loads(self.record_path.read_text())["value"]
+            return read_json(self.record_path)["value"]
         return math.inf
 
     def on_epoch_end(self, epoch, logs=None):
@@ -80,7 +79,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._previous_weights = None
         if self.state_dir is not None and (self.state_dir / "state.json").exists():
-            self.best = json.loads((self.state_dir / "state.json").read_text())["best"]
+            self.best = read_json(self.state_dir / "state.json")["best"]
             if self._weights_path.exists():
                 self._previous_weights = self._load_previous()
 

@@ -104,7 +104,7 @@ def training_indices(config: dict, n_train: int, n_test: int) -> tuple[np.ndarra
     return train_idx, val_idx[: config["validation_size"]]
 
 
-def _stored_lr_bounds(out: Path, config: dict) -> dict:
+def _stored_lr_bounds(out: Path) -> dict:
     """The range test's bounds from an earlier session of this run, so a resumed run does not redo it."""
     if (out / CONFIG).exists():
         stored = read_json(out / CONFIG)
@@ -117,7 +117,8 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
     """Builds, compiles and fits the configured trainer with resume and checkpoint selection; saves the model."""
     steps_per_epoch = int(train_ds.cardinality())
     with recipe.strategy(config["strategy"]).scope():
-        config.update(_stored_lr_bounds(out, config) if config["lr_range_test"] else {})
+        if config["lr_range_test"]:
+            config.update(_stored_lr_bounds(out))
         if config["lr_range_test"] and "lr_bounds" not in config:
             history, (config["base_lr"], config["max_lr"]) = recipe.range_test_bounds(config, train_ds)
             config["lr_bounds"] = "range test"

@@ -71,8 +71,14 @@ def project(z, x, epsilon: float):
     return tf.clip_by_value(tf.clip_by_value(z, x - epsilon, x + epsilon), 0.0, 1.0)
 
 
+def true_class_scores(model_fn: EOT, x, y, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, from one pass: is the EOT prediction right, and the EOT loss -log p(label)."""
+    log_probs = np.concatenate([model_fn(tf.constant(x[i:i + batch_size])).numpy()
+                                for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 1))
+    labels = np.asarray(y, np.int64)
+    return log_probs.argmax(-1) == labels, -np.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+
+
 def classified_right(model_fn: EOT, x, y, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """Per image: does the EOT prediction (mean log-probabilities over the draws) name the label?"""
-    predictions = [np.argmax(model_fn(tf.constant(x[i:i + batch_size])).numpy(), -1)
-                   for i in range(0, len(x), batch_size)]
-    return np.concatenate(predictions) == y if predictions else np.zeros(0, bool)
+    return true_class_scores(model_fn, x, y, batch_size)[0]

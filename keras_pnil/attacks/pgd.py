@@ -10,10 +10,10 @@ from cleverhans.tf2.utils import clip_eta
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
     check_attack_args,
-    classified_right,
     compiled,
     project,
     run_batched,
+    true_class_scores,
 )
 from keras_pnil.attacks.eot import EOT, negative_log_likelihood
 from keras_pnil.validation import check_count
@@ -44,11 +44,6 @@ def _pgd_graph(model_fn: EOT, epsilon: float, steps: int, step_size: float, rand
         return adv
 
     return attack
-
-
-def _losses(model_fn: EOT, x, y, batch_size: int) -> np.ndarray:
-    return np.concatenate([negative_log_likelihood(y[i:i + batch_size], model_fn(tf.constant(x[i:i + batch_size])))
-                           .numpy() for i in range(0, len(x), batch_size)])
 
 
 def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None = None, restarts: int = 1,
@@ -85,15 +80,14 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
     x_adv = run_batched(attack, x, y, batch_size)
     if restarts == 1:
         return x_adv
-    standing = classified_right(model_fn, x_adv, y, batch_size)
-    loss = _losses(model_fn, x_adv, y, batch_size)
+    standing, loss = true_class_scores(model_fn, x_adv, y, batch_size)
     for _ in range(restarts - 1):
         idx = np.flatnonzero(standing)
         if not len(idx):
             break
         candidate = run_batched(attack, x[idx], y[idx], batch_size)
-        fooled = ~classified_right(model_fn, candidate, y[idx], batch_size)
-        candidate_loss = _losses(model_fn, candidate, y[idx], batch_size)
+        right, candidate_loss = true_class_scores(model_fn, candidate, y[idx], batch_size)
+        fooled = ~right
         better = fooled | (candidate_loss > loss[idx])
         x_adv[idx[better]], loss[idx[better]] = candidate[better], candidate_loss[better]
         standing[idx[fooled]] = False
