@@ -22,7 +22,7 @@ def method_options(config: dict) -> dict:
     """The training method's own options, from the run configuration."""
     return {"nfgsm": {"eot_samples": config["eot_samples"], "noise_multiplier": config["noise_multiplier"]},
             "rfgsm": {"alpha": config["alpha"] or config["alpha_ratio"] * config["epsilon"]},
-            "pgd": {"steps": config["pgd_steps"]}}.get(config["method"], {})
+            "pgd": {"steps": config["pgd_steps"], "early_stop": config["pgd_early_stop"]}}.get(config["method"], {})
 
 
 def build_trainer(config: dict) -> AdversarialModel:

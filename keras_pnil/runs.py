@@ -35,8 +35,8 @@ TRAIN_DEFAULTS = {
     "dataset": "mnist", "data_dir": None, "architecture": None, "method": "nfgsm", "pnil": False, "epsilon": None,
     "epochs": 10, "batch_size": 100, "seed": 0, "strategy": "default", "train_size": None, "validation_size": None,
     "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
-    "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "monitor_images": 200,
-    "monitor_eot": 4, "early_stop": False, "checkpoint": "best",
+    "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "pgd_early_stop": False,
+    "monitor_images": 200, "monitor_eot": 4, "early_stop": False, "checkpoint": "best",
 }
 # "best": restore the weights of the lowest adversarial validation loss (the paper); "last": keep the final
 # weights, as Wong et al. do, so that a collapse at the end of training shows in the evaluated model.

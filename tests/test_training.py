@@ -149,3 +149,14 @@ def test_nfgsm_takes_its_gradient_at_the_clipped_noisy_point(monkeypatch):
     # de Jorge et al.: x_n = clip(x + u, 0, 1) = (0, 0.6), where the gradient's signs are (0, -1);
     # x_n + 0.3·(0, -1) = (0, 0.3). (The gradient at the unclipped point would give (0.1, 0.3).)
     np.testing.assert_allclose(_hand_case(monkeypatch, "nfgsm"), [[0.0, 0.3]], atol=1e-6)
+
+
+@pytest.mark.parametrize("early_stop, expected", [(True, [[0.6, 0.5], [0.1, 0.5]]), (False, [[0.6, 0.5], [0.0, 0.5]])])
+def test_pgd_early_stop_moves_only_images_still_classified_right(monkeypatch, early_stop, expected):
+    # Class 0 iff z0 > 0.5; both labels 0; no random start. The first image is right throughout its three
+    # steps of 0.1 (0.9 → 0.6); the second is wrong from the start: Wong et al.'s PGD training leaves it.
+    monkeypatch.setattr("keras_pnil.training._uniform", lambda x, radius: tf.zeros_like(x))
+    model_fn = lambda z: tf.stack([10 * z[:, 0] - 5, tf.zeros_like(z[:, 0])], axis=1)  # noqa: E731
+    pgd = get_perturbation("pgd", 0.3, steps=3, step_size=0.1, early_stop=early_stop)
+    adv = pgd(model_fn, tf.constant([[0.9, 0.5], [0.1, 0.5]]), tf.constant([0, 0])).numpy()
+    np.testing.assert_allclose(adv, expected, atol=1e-6)
