@@ -53,7 +53,19 @@ from keras_pnil import (
                         training,
                         validation,
 )
-from keras_pnil.attacks import EOT, apgd, autoattack, get_attack, pgd, run_autoattack, spsa, square
+from keras_pnil.attacks import (
+    EOT,
+    apgd,
+    apgd_targeted,
+    autoattack,
+    fab_targeted,
+    get_attack,
+    pgd,
+    probe,
+    run_autoattack,
+    spsa,
+    square,
+)
 from keras_pnil.evaluation import Budget, RobustnessResult, accuracy, robustness
 from keras_pnil.layers import PixelwiseNoiseInjection
 from keras_pnil.training import AdversarialModel, adversarial
@@ -61,7 +73,7 @@ from keras_pnil.training import AdversarialModel, adversarial
 __version__ = "0.1.0"
 __all__ = [
     "EOT", "AdversarialModel", "Budget", "PixelwiseNoiseInjection", "RobustnessResult", "accuracy", "adversarial",
-    "apgd", "attacks", "autoattack", "callbacks", "data", "evaluation", "experiments", "files", "get_attack",
-    "models", "pgd", "recipe", "report", "reproduce", "robustness", "run_autoattack", "runs", "schedules", "spsa",
-    "square", "stats", "training", "validation",
+    "apgd", "apgd_targeted", "attacks", "autoattack", "callbacks", "data", "evaluation", "experiments",
+    "fab_targeted", "files", "get_attack", "models", "pgd", "probe", "recipe", "report", "reproduce", "robustness",
+    "run_autoattack", "runs", "schedules", "spsa", "square", "stats", "training", "validation",
 ]

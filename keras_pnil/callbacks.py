@@ -10,9 +10,9 @@ import keras
 import numpy as np
 
 from keras_pnil import evaluation
+from keras_pnil.attacks.eot import probe
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.files import atomic_write_json, read_json
-from keras_pnil.layers import has_random_layer
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -108,7 +108,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         return evaluation.accuracy(self.model, x_adv, self.y)
 
     def on_epoch_end(self, epoch, logs=None):
-        random = has_random_layer(self.model)
+        random = probe(self.model, self.x).random
         pgd_accuracy = self._pgd_accuracy(self.eot_samples if random else 1)
         if logs is not None:
             logs["pgd_val_accuracy"] = pgd_accuracy

@@ -12,9 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from keras_pnil import experiments, report, reproduce, runs
+from keras_pnil import evaluation, experiments, report, reproduce, runs, targets
+from keras_pnil.attacks.common import progress_bars
+from keras_pnil.attacks.eot import probe
 from keras_pnil.attacks.registry import ATTACKS, get_attack
-from keras_pnil.data import DATASETS, DatasetError
+from keras_pnil.data import DATASETS, DatasetError, load_npz
 from keras_pnil.files import read_json
 from keras_pnil.models import ARCHITECTURES
 from keras_pnil.training import METHODS
@@ -195,25 +197,40 @@ def train_main(argv=None) -> int:
 # ---------------------------------------------------------------- keras-pnil-evaluate
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="keras-pnil-evaluate",
-                description="PGD and SPSA (with EOT) robustness of trained runs, as the paper's Table 1.")
-    p.add_argument("runs", nargs="+", help="run directories written by keras-pnil-train")
+                description="Robustness of trained runs or of any Keras model file (.keras): clean accuracy, each "
+                            "attack (with EOT for random models), Min, masking checks; tables and results.csv.")
+    p.add_argument("targets", nargs="+", metavar="TARGET",
+                   help="a run directory written by keras-pnil-train, or a Keras model file (.keras)")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="evaluate model files on a seeded sample of this data set's test split")
+    p.add_argument("--data", help="evaluate on your own arrays: a .npz file with x (N, H, W, C) floats in [0, 1] "
+                                  "and y (N,) integer labels (the first --num-images of them)")
+    p.add_argument("--custom-objects", action="append", default=[], metavar="FILE.py",
+                   help="a Python file that defines and registers your own layers, imported before loading "
+                        "(repeatable; Keras' safe mode stays on)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="paper",
                    help="preset attack budget; the flags below override it")
     p.add_argument("--attacks", type=ATTACK_NAMES, default=("pgd", "spsa"),
                    help=f"comma-separated, from: {', '.join(ATTACKS)} (default: the paper's pgd,spsa)")
-    p.add_argument("--epsilon", type=EPSILON, default=None, help="default: the run's training ε")
-    p.add_argument("--eot-samples", type=COUNT, help="EOT samples for models with a random layer")
+    p.add_argument("--epsilon", type=EPSILON, default=None,
+                   help="L∞ radius, e.g. 8/255 (required for model files; default for runs: the training ε)")
+    p.add_argument("--eot-samples", type=COUNT, help="EOT draws for random models (default: the budget's)")
     p.add_argument("--pgd-steps", type=COUNT)
     p.add_argument("--pgd-restarts", type=COUNT, help="PGD random restarts (default 1)")
     p.add_argument("--spsa-steps", type=COUNT)
     p.add_argument("--spsa-samples", type=EVEN, help="SPSA perturbations per image and step (the paper's samples)")
-    p.add_argument("--spsa-images", type=COUNT, help="the seeded subset for SPSA, Square and autoattack (paper: 1000)")
+    p.add_argument("--spsa-images", type=COUNT,
+                   help="the seeded subset for SPSA, Square, FAB-T and autoattack (paper: 1000)")
     p.add_argument("--apgd-steps", type=COUNT)
+    p.add_argument("--fab-steps", type=COUNT)
+    p.add_argument("--target-classes", type=COUNT, help="target classes of apgd-t and fab-t (AutoAttack: 9)")
     p.add_argument("--square-queries", type=COUNT)
-    p.add_argument("--num-images", type=COUNT, help="test images (from the half not used for validation)")
+    p.add_argument("--num-images", type=COUNT,
+                   help="images to evaluate: the first N of --data, else a seeded sample (default: the budget's)")
     p.add_argument("--seed", type=NONNEGATIVE, default=0)
-    p.add_argument("--out", required=True, help="directory for the tables, results and figures")
+    p.add_argument("--out", required=True, help="directory for the tables, results.csv/json and figures")
+    p.add_argument("--estimate-only", action="store_true", help="print the estimated time and stop")
     p.add_argument("--debug", action="store_true", help="show a traceback for errors")
     return p
 
@@ -221,26 +238,87 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def _budget(args) -> dict:
     budget = dict(BUDGETS[args.budget])
     for key in ("eot_samples", "pgd_steps", "pgd_restarts", "spsa_steps", "spsa_samples", "spsa_images",
-                "apgd_steps", "square_queries", "num_images"):
+                "apgd_steps", "fab_steps", "target_classes", "square_queries", "num_images"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
     return budget
 
 
+def _user_images(args, budget: dict) -> tuple | None:
+    """(x, y, name) for model files: the first --num-images of --data, or a sample of --dataset's test split."""
+    if args.data:
+        x, y = load_npz(args.data)
+        count = args.num_images or len(x)
+        return x[:count], y[:count], Path(args.data).name
+    if args.dataset:
+        return (*targets.test_split_images(args.dataset, args.data_dir, budget["num_images"], args.seed),
+                args.dataset)
+    return None
+
+
+def _estimate(jobs: list, attacks, budget: dict) -> float:
+    """Prints and returns the estimated seconds of the evaluations, from a forward pass timed on each model."""
+    total = 0.0
+    for target, model, n_images in jobs:
+        eot = budget["eot_samples"] if probe(model).random else 1
+        rate = evaluation.forward_throughput(model, model.input_shape[1:])
+        seconds = evaluation.cost_units({**budget, "num_images": n_images}, eot, attacks) / rate
+        total += seconds
+        print(f"estimate: {target}: {n_images} images, EOT {eot}, about {seconds / 60:.1f} min here "
+              f"(forward pass {rate:.0f} img/s measured now; a rough count of passes)")
+    print(f"estimate: about {total / 60:.1f} min in all")
+    return total
+
+
 @_command
 def evaluate_main(argv=None) -> int:
     args = evaluate_parser().parse_args(argv)
-    targets, budget, out, cache = [Path(run) for run in args.runs], _budget(args), Path(args.out), {}
-    for target in targets:
-        runs.check_run(target)  # every target is usable before any is evaluated
+    budget, out, cache = _budget(args), Path(args.out), {}
+    paths = [Path(t) for t in args.targets]
+    for path in paths:
+        targets.check_target(path)  # every target is usable before any is evaluated
+    files = [p for p in paths if targets.is_model_file(p)]
+    if files and args.epsilon is None:
+        raise ValueError(f"--epsilon is required for a model file ({files[0]}): it has no training ε to default to")
+    if files and not (args.data or args.dataset):
+        raise ValueError(f"a model file ({files[0]}) needs images: --dataset NAME or --data FILE.npz")
+    targets.import_custom_objects(args.custom_objects)
+    images = _user_images(args, budget)
+    jobs = []
+    for path in paths:
+        if targets.is_model_file(path) or args.data:
+            model = targets.load_model_file(path if targets.is_model_file(path) else path / runs.MODEL)
+            runs.check_model_inputs(model, images[0], images[1], f"{images[2]} images")
+            jobs.append((path, model, len(images[0])))
+        else:
+            jobs.append((path, runs.load_run(path)[1], budget["num_images"]))
+    _estimate(jobs, args.attacks, budget)
+    if args.estimate_only:
+        return 0
+    del jobs  # the models are loaded again, one at a time, by the evaluations
     out.mkdir(parents=True, exist_ok=True)
-    # A target already evaluated with the same request (a killed command started again) is read back.
-    records = [runs.evaluate_run(target, args.attacks, budget, out, cache, epsilon=args.epsilon, seed=args.seed,
-                                 data_dir=args.data_dir, reuse=True) for target in targets]
-    paths = report.write_tables(records, out)
-    print(paths["md"].read_text())
-    print(f"Tables: {', '.join(str(p) for p in paths.values())}")
+    records = []
+    with progress_bars():
+        for path in paths:
+            records.append(_evaluate_target(path, images, args, budget, out, cache))
+    tables = report.write_tables(records, out)
+    results = report.write_results(records, out)
+    print(tables["md"].read_text())
+    print(f"Tables: {', '.join(str(p) for p in [*tables.values(), *results.values()])}")
     return 0
+
+
+def _evaluate_target(path: Path, images, args, budget: dict, out: Path, cache: dict) -> dict:
+    # A target already evaluated with the same request (a killed command started again) is read back.
+    if targets.is_model_file(path):
+        return targets.evaluate_file(path, images[:2], images[2], args.attacks, budget, out, args.epsilon,
+                                     seed=args.seed, reuse=True)
+    if args.data:  # a run's model on the user's own images
+        epsilon = args.epsilon or runs.check_run(path)["epsilon"]
+        return targets.evaluate_file(path / runs.MODEL, images[:2], images[2], args.attacks, budget, out, epsilon,
+                                     seed=args.seed, name=path.name, reuse=True)
+    return runs.evaluate_run(path, args.attacks, budget, out, cache, epsilon=args.epsilon, seed=args.seed,
+                             data_dir=args.data_dir, reuse=True)
 
 
 # ---------------------------------------------------------------- keras-pnil-reproduce

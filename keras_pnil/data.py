@@ -233,3 +233,37 @@ def make_dataset(x, y, batch_size: int = 100, shuffle: bool = True, seed: int = 
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A user's own evaluation set: a `.npz` file with `x` (N, H, W, C) floats in [0, 1] and `y` (N,) labels.
+
+    Raises a `DatasetError` naming the problem: an unreadable file, a missing
+    array, a wrong shape or type, values outside [0, 1], lengths that differ.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [name for name in ("x", "y") if name not in arrays.files]
+            if missing:
+                raise DatasetError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it lacks "
+                                   f"{' and '.join(map(repr, missing))} (it has {sorted(arrays.files)}).")
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, ValueError) as err:
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"cannot read {path} as a .npz file: {err}") from None
+    if x.ndim != 4:
+        raise DatasetError(f"{path}: x must be shaped (N, height, width, channels); got shape {x.shape}.")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DatasetError(f"{path}: x must hold floats in [0, 1]; got {x.dtype} (divide 8-bit pixels by 255).")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{path}: y must be integer class labels shaped (N,); got {y.dtype} of shape {y.shape}.")
+    if len(x) != len(y):
+        raise DatasetError(f"{path}: x holds {len(x)} images but y {len(y)} labels.")
+    if not len(x):
+        raise DatasetError(f"{path} holds no images.")
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0 or not np.isfinite(x).all():
+        raise DatasetError(f"{path}: x must lie in [0, 1]; its values span [{low:g}, {high:g}].")
+    return x.astype(np.float32), y.astype(np.int64)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import tensorflow as tf
 
+from keras_pnil.attacks.eot import DEFAULT_EOT_SAMPLES, first_notice_of_probabilities, probe
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.attacks.registry import get_attack
 from keras_pnil.attacks.square import square
-from keras_pnil.layers import LOG_VARIANCE_RANGE, has_random_layer
+from keras_pnil.layers import LOG_VARIANCE_RANGE
 from keras_pnil.validation import check_choice
 
 # Absolute accuracy margins (fractions) behind the gradient-masking checks.
@@ -30,7 +33,7 @@ def per_example_correct(model, x, y, draws: int = 1, mode: str = "expected",
     A deterministic model gives 0/1 either way.
     """
     check_choice("accuracy mode", mode, ACCURACY_MODES)
-    draws = draws if has_random_layer(model) else 1
+    draws = draws if probe(model, x).random else 1
     y = np.asarray(y)
     out = np.empty(len(x), np.float64)
     for i in range(0, len(x), batch_size):
@@ -66,8 +69,10 @@ class Budget:
     spsa_learning_rate: float = 0.01
     spsa_delta: float = 0.01
     apgd_steps: int = 100
+    fab_steps: int = 100
+    target_classes: int = 9  # APGD-T and FAB-T (AutoAttack's)
     square_queries: int = 5000
-    eot_samples: int = 1
+    eot_samples: int = 1  # as run: 1 on deterministic models
     accuracy_draws: int = 10
     epochs: int | None = None
     attacks: tuple = ("pgd", "spsa")
@@ -101,6 +106,8 @@ class RobustnessResult:
     worst_case: float  # an image counts only if it survives every attack
     budget: Budget
     subset_indices: list  # the images every attack ran on (SPSA's seeded subset)
+    # per image of the subset: its correctness (a fraction over noise draws) under the attack that did best on it
+    worst_case_per_image: list = field(default_factory=list)
     checks: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -116,11 +123,14 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
     attacks run on all of `x`; the others (and the worst case) on a seeded
     random subset of `spsa_images` images, whose indices are returned. Keyword
     options set the `Budget` (pgd_steps, spsa_samples, apgd_steps,
-    square_queries, eot_samples, ...); for a model with a random layer
-    `eot_samples` should be > 1 (the paper uses 100).
+    square_queries, eot_samples, ...). Whether the model is random is judged
+    by calling it twice on the same images: a random model is attacked with
+    EOT (`eot_samples`, default 20), a deterministic one without; a model
+    whose outputs are probabilities is attacked through their logarithms.
     """
     specs = [get_attack(name) for name in attacks]  # unknown names fail before any work is done
     x, y = np.asarray(x, np.float32), np.asarray(y)
+    budget_options["eot_samples"] = _eot_samples(model, x, budget_options.get("eot_samples"), progress)
     budget = Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **budget_options)
     values, draws = asdict(budget), budget.accuracy_draws
     rng = np.random.default_rng(seed)
@@ -138,10 +148,25 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
     result = RobustnessResult(
         clean=float(correct["clean"].mean()), attacks=per_attack,
         effective=min(per_attack.values()) if per_attack else float(correct["clean"].mean()),
-        worst_case=float(on_subset.mean()), budget=budget, subset_indices=subset.tolist())
+        worst_case=float(on_subset.mean()), budget=budget, subset_indices=subset.tolist(),
+        worst_case_per_image=on_subset.tolist())
     if checks:
         result.checks = gradient_masking_checks(model, x[subset], y[subset], budget, correct, subset, progress)
     return result
+
+
+def _eot_samples(model, x, requested: int | None, progress) -> int:
+    """EOT draws for `model`, judged by its behaviour on `x`, said once in the attack log."""
+    behaviour = probe(model, x)
+    if behaviour.probabilities and first_notice_of_probabilities(model):
+        progress("[model] outputs probabilities (rows sum to 1), not logits: attacking their logarithms "
+                 "(models should output logits)")
+    if not behaviour.random:
+        progress("[model] deterministic (two calls on the same images agree): no EOT")
+        return 1
+    samples = requested or DEFAULT_EOT_SAMPLES
+    progress(f"[model] random at inference (two calls on the same images differ): EOT over {samples} draws")
+    return samples
 
 
 def _check(name: str, value: float, flagged: bool, detail: str) -> dict:
@@ -183,7 +208,7 @@ def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, 
     if "pgd" in correct:
         pgd_on_subset = float(np.mean(correct["pgd"][subset]))
         doubled = _accuracy_after_pgd(model, x, y, budget.epsilon, 2 * budget.pgd_steps,
-                                      2 * eot if has_random_layer(model) else 1,
+                                      2 * eot if probe(model, x).random else 1,
                                       budget.accuracy_draws, budget.pgd_step_size)
         drop = pgd_on_subset - doubled
         results.append(_check("PGD convergence", -drop, drop > CONVERGENCE_MARGIN,
@@ -224,3 +249,35 @@ def pnil_structure(layer, x, object_threshold: float = 0.5, background_threshold
             "init_sigma_object": float(sigma0[on].mean()), "init_sigma_background": float(sigma0[off].mean()),
             "mean_bias": float(layer.bias.numpy().mean()),
             "mean_abs_kernel": float(np.abs(layer.kernel.numpy()).mean())}
+
+
+# ---------------------------------------------------------------- cost estimate
+def cost_units(budget: dict, eot: int, attacks) -> float:
+    """Forward-pass equivalents (a backward pass counts two) of one evaluation, masking checks included.
+
+    A rough count: PGD restarts are counted in full, though they run only on
+    the images still standing.
+    """
+    values = {**asdict(Budget(epsilon=0.1, num_images=budget["num_images"])), **budget}
+    n, s = values["num_images"], min(values["spsa_images"], values["num_images"])
+    per_attack = [(n if spec.full_set else s) * spec.cost(values, eot) for spec in map(get_attack, attacks)]
+    square_check = 0 if "square" in attacks else s * get_attack("square").cost(values, eot)
+    checks = s * values["pgd_steps"] * eot * 3 * 5 + square_check  # large-ε PGD and doubled PGD
+    return n * values["accuracy_draws"] * 2 + sum(per_attack) + checks
+
+
+def forward_throughput(model, image_shape, batch_size: int = 1000, seconds: float = 1.0) -> float:
+    """Images per second of a compiled forward pass of `model`, measured here.
+
+    Timed over at least `seconds` of passes after two warm-up calls: a few
+    milliseconds of a small network would measure the call overhead, not the model.
+    """
+    forward = tf.function(lambda x: model(x, training=False))
+    x = tf.random.uniform((batch_size, *image_shape))
+    forward(x).numpy()
+    forward(x).numpy()
+    start, passes = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        forward(x).numpy()
+        passes += 1
+    return batch_size * passes / (time.perf_counter() - start)

@@ -145,14 +145,6 @@ class PixelwiseNoiseInjection(keras.layers.Layer):
         return config
 
 
-def has_random_layer(model: keras.Model) -> bool:
-    """Whether `model` contains a layer that is random at inference."""
-    return any(
-        isinstance(layer, PixelwiseNoiseInjection) and layer.noise_at_inference
-        for layer in model._flatten_layers()
-    )
-
-
 def find_pnil(model: keras.Model) -> PixelwiseNoiseInjection | None:
     """The first PixelwiseNoiseInjection layer of `model`, if any."""
     for layer in model._flatten_layers():

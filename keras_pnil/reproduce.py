@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from keras_pnil import data, evaluation, experiments, models, report, runs
-from keras_pnil.attacks.registry import get_attack
 from keras_pnil.files import atomic_write_json, atomic_write_text
 from keras_pnil.layers import find_pnil
 
@@ -101,16 +99,6 @@ def _training_units(options: dict, n_train: int) -> float:
     return options.get("epochs", 10) * (images * per_image + options.get("validation_size", 5000) * 5 + monitor)
 
 
-def _evaluation_units(budget: dict, eot: int, attacks) -> float:
-    """Forward-pass equivalents of one run's evaluation, masking checks included."""
-    values = {**evaluation.Budget(epsilon=0.1, num_images=budget["num_images"]).__dict__, **budget}
-    n, s = values["num_images"], min(values["spsa_images"], values["num_images"])
-    per_attack = [(n if spec.full_set else s) * spec.cost(values, eot) for spec in map(get_attack, attacks)]
-    square = 0 if "square" in attacks else s * get_attack("square").cost(values, eot)
-    checks = s * values["pgd_steps"] * eot * 3 * 5 + square  # large-ε PGD and doubled PGD
-    return n * values["accuracy_draws"] * 2 + sum(per_attack) + checks
-
-
 def _figure_units(figures: dict, methods: int) -> float:
     """Figures 4 and 5: EOT curves of the PNIL models, ε sweeps of all (with EOT for PNIL)."""
     per_pgd = figures["images"] * figures.get("pgd_steps", 0) * 3
@@ -119,23 +107,10 @@ def _figure_units(figures: dict, methods: int) -> float:
     return eot_curves + sweeps
 
 
-def forward_throughput(dataset: str, architecture: str | None = None, batch_size: int = 2000,
-                       seconds: float = 1.0) -> float:
-    """Images per second of a compiled forward pass of the network (default: the data set's), measured here.
-
-    Timed over at least `seconds` of passes after two warm-up calls: a few milliseconds of a small
-    network would measure the call overhead, not the model.
-    """
+def forward_throughput(dataset: str, architecture: str | None = None) -> float:
+    """Images per second of a forward pass of the network (default: the data set's) with a PNIL, measured here."""
     model = models.for_dataset(dataset, pnil=True, architecture=architecture)
-    forward = tf.function(lambda x: model(x, training=False))
-    x = tf.random.uniform((batch_size, *data.IMAGE_SHAPES[dataset]))
-    forward(x).numpy()
-    forward(x).numpy()
-    start, passes = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        forward(x).numpy()
-        passes += 1
-    return batch_size * passes / (time.perf_counter() - start)
+    return evaluation.forward_throughput(model, data.IMAGE_SHAPES[dataset])
 
 
 def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: dict) -> dict:
@@ -145,7 +120,7 @@ def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: di
         config, method = _method_settings(suite, spec)
         n_train = OFFICIAL_SIZES[spec.dataset][0] // (1 if spec.fold is None else 2)  # a fold trains on half
         units = _training_units({**config, **method, **settings["train"]}, n_train)
-        units += _evaluation_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
+        units += evaluation.cost_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
                                    suite["attacks"])
         seconds[spec.dataset] = seconds.get(spec.dataset, 0.0) + units / throughput[spec.dataset]
     for dataset in seconds:

@@ -14,6 +14,7 @@ import json
 import os
 import time
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -23,7 +24,7 @@ from keras_pnil import data as datasets
 from keras_pnil import evaluation, models, recipe, report
 from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
-from keras_pnil.layers import find_pnil, has_random_layer
+from keras_pnil.layers import find_pnil
 from keras_pnil.training import METHODS, get_perturbation
 from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
 
@@ -185,12 +186,19 @@ def check_run(run) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else f"not valid JSON: {err}"
         raise RunError(f"{run} is not a finished training run: cannot read {CONFIG} ({reason})") from None
-    model = run / MODEL
-    if not model.is_file():
+    if not (run / MODEL).is_file():
         raise RunError(f"{run} is not a finished training run: it has no {MODEL}")
-    if not zipfile.is_zipfile(model):
-        raise RunError(f"{model} is not a Keras model file (a .keras zip archive): truncated or another format")
+    check_model_file(run / MODEL)
     return config
+
+
+def check_model_file(path) -> None:
+    """Raises a RunError unless `path` is a Keras model archive (a .keras zip file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"{path} is not a Keras model file (a .keras zip archive): truncated or another format")
 
 
 def load_run(run) -> tuple[dict, keras.Model]:
@@ -220,7 +228,7 @@ def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[n
     return x[chosen], y[chosen]
 
 
-def _reused_record(path: Path, request: dict, attacks) -> dict | None:
+def reused_record(path: Path, request: dict, attacks) -> dict | None:
     """The record of an evaluation written earlier for the same request, described as this version does."""
     try:
         stored = read_json(path)
@@ -229,12 +237,14 @@ def _reused_record(path: Path, request: dict, attacks) -> dict | None:
     if stored.get("request") != request:
         return None
     budget = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks)})
-    return {**stored["record"], "budget": budget.describe()}
+    record, result = stored["record"], {**stored, "budget": asdict(budget)}
+    return {**record, "budget": budget.describe(), "rows": report.result_rows(record["run"], record["dataset"], result),
+            "worst_case_per_image": stored.get("worst_case_per_image", [])}
 
 
 def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: float | None = None,
                  seed: int = 0, data_dir=None, reuse: bool = False, label: str | None = None) -> dict:
-    """Evaluates one training run; writes `<out>/<run name>.json` atomically and its PNIL maps.
+    """Evaluates one training run on images it neither trained nor validated on (see `evaluate_model`).
 
     Returns the run's Table 1 record. With `reuse`, a result file written for
     the same attacks, budget, ε and seed is read back instead of recomputed
@@ -243,36 +253,56 @@ def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: 
     """
     run, out = Path(run), Path(out)
     request = {"attacks": list(attacks), "budget": budget, "epsilon": epsilon, "seed": seed}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{run.name}.json"
-    reused = _reused_record(path, request, attacks) if reuse else None
+    reused = reused_record(out / f"{run.name}.json", request, attacks) if reuse else None
     if reused is not None:
-        print(f"== {run}: evaluated earlier with the same budget, read back from {path}")
+        print(f"== {run}: evaluated earlier with the same budget, read back from {out / f'{run.name}.json'}")
         return reused
     config, model = load_run(run)
     dataset = config["dataset"]
     if dataset not in data_cache:
         data_cache[dataset] = datasets.load_dataset(dataset, data_dir)
-    image_shape = data_cache[dataset][1][0].shape[1:]
-    if tuple(model.input_shape[1:]) != image_shape:
-        raise RunError(f"{run} was trained on inputs {model.input_shape[1:]}, but {dataset} images are "
-                       f"{image_shape}: mismatched data set.")
     x, y = evaluation_images(config, data_cache[dataset], budget["num_images"], seed)
-    options = {k: v for k, v in budget.items() if k != "num_images"}
-    if not has_random_layer(model):
-        options["eot_samples"] = 1  # EOT over a deterministic model changes nothing
+    check_model_inputs(model, x, y, f"{dataset} images")
     print(f"== {run}: {dataset}, {config['method']}{' + PNIL' if config['pnil'] else ''}")
-    result = evaluation.robustness(model, x, y, epsilon or config["epsilon"], attacks, seed=seed,
-                                   epochs=config.get("epochs"), **options)
+    about = {"dataset": dataset, "method": label or config["method"], "pnil": config["pnil"], "run": str(run),
+             "n_train": config.get("n_train", 1), "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0}
+    return evaluate_model(model, x, y, epsilon or config["epsilon"], attacks, budget, out, run.name, about,
+                          request, seed=seed, epochs=config.get("epochs"))
+
+
+def check_model_inputs(model: keras.Model, x, y, source: str) -> None:
+    """Images the model can take and labels among its classes, or a RunError that says which is wrong."""
+    expected = tuple(model.input_shape[1:])
+    if len(expected) != x.ndim - 1 or any(e is not None and e != n for e, n in zip(expected, x.shape[1:], strict=True)):
+        raise RunError(f"{source} are shaped {tuple(x.shape[1:])}, but model {model.name!r} takes {expected}.")
+    classes = model.output_shape[-1]
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise RunError(f"{source} have labels in [{y.min()}, {y.max()}], but model {model.name!r} has "
+                       f"{classes} classes (labels 0 to {classes - 1}).")
+
+
+def evaluate_model(model: keras.Model, x, y, epsilon: float, attacks, budget: dict, out, name: str, about: dict,
+                   request: dict, *, seed: int = 0, epochs: int | None = None) -> dict:
+    """Attacks `model` on `(x, y)`; writes `<out>/<name>.json` atomically (and PNIL maps); returns its record.
+
+    The record is `about` (what the model is) with the accuracies, the Min,
+    the budget's description, the masking checks and the tidy result rows
+    (`report.result_rows`).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {k: v for k, v in budget.items() if k != "num_images"}
+    planned = evaluation.Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **options)
+    print(f"  budget: {planned.describe()}")
+    result = evaluation.robustness(model, x, y, epsilon, attacks, seed=seed, epochs=epochs, **options)
     for check in result.checks:
         print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
-    record = {"dataset": dataset, "method": label or config["method"], "pnil": config["pnil"], "run": str(run),
-              "clean": result.clean, **result.attacks, "min": result.effective,
-              "worst_case": result.worst_case, "n_train": config.get("n_train", 1),
-              "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0,
-              "budget": result.budget.describe(), "checks": result.checks}
-    atomic_write_json(path, {"request": request, "record": record, **result.to_dict()})
+    record = {**about, "clean": result.clean, **result.attacks, "min": result.effective,
+              "worst_case": result.worst_case, "budget": result.budget.describe(), "checks": result.checks,
+              "rows": report.result_rows(about["run"], about["dataset"], result.to_dict()),
+              "worst_case_per_image": result.worst_case_per_image}
+    atomic_write_json(out / f"{name}.json", {"request": request, "record": record, **result.to_dict()})
     layer = find_pnil(model)
     if layer is not None:
-        report.plot_pnil_maps(layer, x[0], out / f"{run.name}_pnil.png", title=f"{run.name}: learned PNIL")
+        report.plot_pnil_maps(layer, x[0], out / f"{name}_pnil.png", title=f"{name}: learned PNIL")
     return record

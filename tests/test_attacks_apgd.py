@@ -1,3 +1,5 @@
+import keras
+import numpy as np
 import pytest
 
 import keras_pnil as kp
@@ -25,3 +27,18 @@ def test_apgd_rejects_an_unknown_loss(trained_pair, mnist):
     _, (xt, yt) = mnist
     with pytest.raises(ValueError, match="Unknown APGD loss 'hinge'"):
         kp.apgd(trained_pair[True], xt[:2], yt[:2], 0.1, loss="hinge")
+
+
+def test_apgd_t_is_at_least_as_strong_as_apgd_ce_and_stays_in_the_ball(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    model, x, y, eps = trained_pair[False], xt[:300], yt[:300], 0.1
+    x_adv = kp.apgd_targeted(model, x, y, eps, steps=20, targets=3)
+    assert np.abs(x_adv - x).max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    ce_acc = kp.accuracy(model, kp.apgd(model, x, y, eps, steps=20), y)
+    assert kp.accuracy(model, x_adv, y) <= ce_acc + 0.02  # three targeted runs; AutoAttack finds it stronger
+
+
+def test_apgd_t_needs_four_classes():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="APGD-T needs at least 4 classes"):
+        kp.apgd_targeted(model, np.full((2, 4), 0.5, np.float32), np.array([0, 1]), 0.1, steps=2)

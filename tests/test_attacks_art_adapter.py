@@ -1,6 +1,7 @@
 """Our APGD against IBM's Adversarial Robustness Toolbox (ART) on the same models and images."""
 
 import keras
+import numpy as np
 import pytest
 
 import keras_pnil as kp
@@ -31,3 +32,22 @@ def test_our_apgd_is_at_least_as_strong_as_arts(pnil, trained_pair, mnist):
     print(f"APGD-CE accuracy: ours {ours:.3f}, ART {theirs:.3f}")
     assert ours <= theirs + TOLERANCE
     assert ours < kp.accuracy(model, x, y, draws=8) - 0.2  # both are real attacks here
+
+
+def test_our_apgd_t_is_at_least_as_strong_as_arts_targeted_apgd(trained_pair, mnist):
+    # ART's targeted APGD takes one target per image: run it on each of the same top-ranked classes ours
+    # uses; an image is robust to ART if no target's run made it misclassified.
+    _, (xt, yt) = mnist
+    model, x, y, targets = trained_pair[False], xt[:100], yt[:100], 2
+    ranked = np.argsort(-model.predict(x, verbose=0), axis=1, kind="stable")
+    robust = np.ones(len(x), bool)
+    for k in range(1, targets + 1):
+        attack = AutoProjectedGradientDescent(kp.attacks.art_classifier(model), eps=EPSILON, eps_step=2 * EPSILON,
+                                              max_iter=STEPS, targeted=True, nb_random_init=1, batch_size=100,
+                                              loss_type="difference_logits_ratio", verbose=False)
+        x_adv = attack.generate(x, y=keras.utils.to_categorical(ranked[:, k], 10))
+        robust &= model.predict(x_adv, verbose=0).argmax(1) == y
+    ours = kp.accuracy(model, kp.apgd_targeted(model, x, y, EPSILON, steps=STEPS, targets=targets), y)
+    print(f"APGD-T accuracy: ours {ours:.3f}, ART {robust.mean():.3f}")
+    assert ours <= robust.mean() + TOLERANCE
+    assert ours < kp.accuracy(model, x, y) - 0.2

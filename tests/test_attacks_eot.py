@@ -41,7 +41,7 @@ def test_eot_output_is_the_mean_log_probability_and_its_nll_the_mean_cross_entro
     (x, y), _ = mnist
     model = kp.models.small_cnn(filters=(4, 8), dense_units=16)
     x, y = tf.constant(x[:8]), tf.constant(y[:8])
-    with pytest.warns(UserWarning, match="no random layer"):
+    with pytest.warns(UserWarning, match="gives the same output on every call"):
         eot = EOT(model, 5)
     assert eot.samples == 1
     nll = negative_log_likelihood(y, eot(x)).numpy()

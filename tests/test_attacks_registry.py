@@ -10,7 +10,7 @@ from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE
 
 # Each attack's budget, tiny: the point is the convention, not the strength.
 TINY_BUDGET = {"pgd_steps": 3, "pgd_restarts": 2, "spsa_steps": 2, "spsa_samples": 8, "apgd_steps": 3,
-               "square_queries": 10, "eot_samples": 2}
+               "square_queries": 10, "eot_samples": 2, "fab_steps": 3, "target_classes": 2}
 EPSILON = 0.1
 
 
@@ -47,7 +47,8 @@ def test_attacks_draw_from_their_own_generator_and_leave_the_global_seed_alone(n
     first = _run(name, model, x, y, seed=5, eot_samples=None)
     tf.random.set_seed(2)
     assert np.array_equal(first, _run(name, model, x, y, seed=5, eot_samples=None))  # the global seed plays no part
-    assert not np.array_equal(first, _run(name, model, x, y, seed=6, eot_samples=None))  # the attack's seed does
+    if ATTACKS[name].seeded:
+        assert not np.array_equal(first, _run(name, model, x, y, seed=6, eot_samples=None))  # the attack's seed does
     tf.random.set_seed(7)
     expected = tf.random.uniform([4]).numpy()
     tf.random.set_seed(7)
@@ -66,7 +67,8 @@ def test_registry_rejects_unknown_and_duplicate_names_and_describes_budgets():
     assert get_attack("spsa").options_for(budget)["perturbations"] == 8
     assert get_attack("spsa").gradient_free and not get_attack("spsa").full_set
     # Costs grow with the budget and with EOT, except where EOT is fixed at one draw.
-    for spec in ATTACKS.values():
+    # (AutoAttack is the exception: EOT > 1 means a random model, whose rand version runs fewer attacks.)
+    for spec in (s for s in ATTACKS.values() if s.name != "autoattack"):
         assert spec.cost(budget, 4) >= spec.cost(budget, 1) > 0, spec.name
     assert get_attack("pgd-no-eot").cost(budget, 4) == get_attack("pgd-no-eot").cost(budget, 1)
 

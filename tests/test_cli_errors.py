@@ -6,6 +6,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import keras
+import numpy as np
 import pytest
 
 COMMANDS = {"train": "train_main", "evaluate": "evaluate_main", "reproduce": "reproduce_main"}
@@ -33,6 +35,23 @@ CASES = [
     ("evaluate", ["{tmp}/run", "--epsilon", "8/0"], 2, "argument --epsilon: epsilon must be a number or a fraction"),
     ("evaluate", ["{tmp}/empty"], 1, "is not a finished training run: cannot read config.json"),
     ("evaluate", ["{tmp}/not_keras"], 1, "model.keras is not a Keras model file"),
+    ("evaluate", ["{tmp}/notes.txt"], 1, "notes.txt is neither a run directory of keras-pnil-train nor a Keras model"),
+    ("evaluate", ["{tmp}/m.keras", "--data", "{tmp}/good.npz"], 1, "--epsilon is required for a model file"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1"], 1, "needs images: --dataset NAME or --data FILE.npz"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/range.npz"], 1,
+     "range.npz: x must lie in [0, 1]; its values span [255, 255]"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/uint8.npz"], 1,
+     "x must hold floats in [0, 1]; got uint8 (divide 8-bit pixels by 255)"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/shape.npz"], 1,
+     "shape.npz images are shaped (32, 32, 3), but model 'user' takes (28, 28, 1)"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/labels.npz"], 1,
+     "labels.npz images have labels in [0, 12], but model 'user' has 10 classes"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/lengths.npz"], 1,
+     "lengths.npz: x holds 4 images but y 3 labels"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/no_y.npz"], 1,
+     "must hold arrays 'x' (images) and 'y' (labels); it lacks 'y'"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/good.npz", "--custom-objects",
+                  "{tmp}/none.py"], 1, "custom objects file"),
     ("reproduce", ["--suite", "{tmp}/none.json"], 1, "error: cannot read suite"),
     ("reproduce", ["--budget", "huge"], 1, "has no budget 'huge'"),
     ("reproduce", ["--datasets", "svhn"], 1, "unknown data set(s) ['svhn']"),
@@ -53,6 +72,16 @@ def inputs(tmp_path_factory):
     (tmp / "not_keras").mkdir()
     (tmp / "not_keras" / "config.json").write_text(json.dumps({"dataset": "mnist"}))
     (tmp / "not_keras" / "model.keras").write_text("not a zip archive")
+    (tmp / "notes.txt").write_text("not a model")
+    keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)],
+                     name="user").save(tmp / "m.keras")
+    images, labels = np.full((4, 28, 28, 1), 0.5, np.float32), np.arange(4)
+    for name, arrays in {"good": {"x": images, "y": labels}, "range": {"x": images * 510, "y": labels},
+                         "uint8": {"x": (images * 255).astype(np.uint8), "y": labels},
+                         "shape": {"x": np.full((4, 32, 32, 3), 0.5, np.float32), "y": labels},
+                         "labels": {"x": images, "y": np.array([0, 1, 2, 12])},
+                         "lengths": {"x": images, "y": labels[:3]}, "no_y": {"x": images}}.items():
+        np.savez(tmp / f"{name}.npz", **arrays)
     return tmp
 
 

@@ -1,11 +1,20 @@
-"""Auto-PGD (Croce and Hein, 2020), L∞, untargeted, with the CE or DLR loss and EOT gradients."""
+"""Auto-PGD (Croce and Hein, 2020), L∞: untargeted with the CE or DLR loss, and APGD-T; EOT gradients."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, compiled, per_image, project
+from keras_pnil.attacks.common import (
+    DEFAULT_BATCH_SIZE,
+    TARGET_CLASSES,
+    batches,
+    check_attack_args,
+    compiled,
+    eot_scores,
+    per_image,
+    project,
+)
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.validation import check_choice, check_count
 
@@ -13,17 +22,25 @@ LOSSES = ("ce", "dlr")
 
 
 def _per_draw_loss(name: str):
-    """Per-example loss to maximise from per-draw logits [S, B, C], averaged over the S draws."""
-    def loss(draws, y):
+    """Per-example loss to maximise from per-draw logits [S, B, C], averaged over the S draws.
+
+    "ce" and "dlr" are untargeted; "dlr-t" is the targeted DLR loss of
+    APGD-T, which raises the target's logit against the label's.
+    """
+    def loss(draws, y, target):
         labels = tf.broadcast_to(tf.cast(y, tf.int32)[None], tf.shape(draws)[:2])
         if name == "ce":
-            per_draw = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=draws)
-        else:
-            # Difference of logits ratio: scale-invariant, so it survives saturated softmaxes.
-            true = tf.gather(draws, labels, batch_dims=2)
-            top = tf.sort(draws, axis=-1, direction="DESCENDING")
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=draws), 0)
+        true = tf.gather(draws, labels, batch_dims=2)
+        top = tf.sort(draws, axis=-1, direction="DESCENDING")
+        # Difference of logits ratios: scale-invariant, so they survive saturated softmaxes.
+        if name == "dlr":
             other = tf.where(tf.equal(tf.argmax(draws, -1, output_type=tf.int32), labels), top[..., 1], top[..., 0])
             per_draw = -(true - other) / (top[..., 0] - top[..., 2] + 1e-12)
+        else:
+            targets = tf.broadcast_to(tf.cast(target, tf.int32)[None], tf.shape(draws)[:2])
+            wanted = tf.gather(draws, targets, batch_dims=2)
+            per_draw = -(true - wanted) / (top[..., 0] - (top[..., 2] + top[..., 3]) / 2 + 1e-12)
         return tf.reduce_mean(per_draw, axis=0)
 
     return loss
@@ -54,20 +71,20 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
     window = np.zeros(steps + 1, np.float32)
     window[checkpoints] = np.diff(np.concatenate([[0], checkpoints]))
 
-    def evaluate(x, y):
+    def evaluate(x, y, target):
         with tf.GradientTape() as tape:
             tape.watch(x)
             draws = model_fn.draws(x)
-            losses = loss_of(draws, y)
+            losses = loss_of(draws, y, target)
             total = tf.reduce_sum(losses)  # a sum: each image's gradient is its own
         fooled = tf.not_equal(tf.argmax(tf.reduce_mean(tf.nn.log_softmax(draws), 0), -1, output_type=tf.int32),
                               tf.cast(y, tf.int32))
         return losses, tape.gradient(total, x), fooled
 
-    @tf.function
-    def attack(x, y):
+    @tf.function(reduce_retracing=True)  # the images still standing shrink from call to call
+    def attack(x, y, target):
         x_k = project(x + rng.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon)
-        loss_k, grad, fooled = evaluate(x_k, y)
+        loss_k, grad, fooled = evaluate(x_k, y, target)
         best_adv = tf.where(per_image(fooled, x), x_k, x)
         ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
         eta = tf.fill(tf.shape(loss_k), 2.0 * epsilon)
@@ -77,7 +94,7 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
             z = project(x_k + per_image(eta, x) * tf.sign(grad), x, epsilon)
             weight = tf.where(k == 0, 1.0, momentum)  # the first step is a plain projected step
             x_next = project(x_k + weight * (z - x_k) + (1.0 - weight) * (x_k - x_prev), x, epsilon)
-            loss_next, grad_next, fooled = evaluate(x_next, y)
+            loss_next, grad_next, fooled = evaluate(x_next, y, target)
             best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
             ever_fooled |= fooled
             increases += tf.cast(loss_next > loss_k, tf.float32)
@@ -97,6 +114,22 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
         return tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
 
     return attack
+
+
+def _compiled_apgd(model, x, epsilon: float, steps: int, loss: str, momentum: float, rho: float,
+                   eot_samples: int | None, seed: int | None):
+    model_fn = EOT(model, eot_samples, images=x)
+    attack = compiled(model, ("apgd", model_fn.samples, epsilon, steps, loss, momentum, rho),
+                      lambda rng: _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho, rng), seed)
+    return model_fn, attack
+
+
+def _attack_standing(attack, x, y, targets, x_adv, fooled, batch_size: int, label: str) -> None:
+    """Runs `attack` on the images not yet fooled, updating `x_adv` and `fooled` in place."""
+    todo = np.flatnonzero(~fooled)
+    for idx in batches(todo, batch_size, label):
+        adv, hit = attack(tf.constant(x[idx]), tf.constant(y[idx]), tf.constant(targets[idx]))
+        x_adv[idx], fooled[idx] = adv.numpy(), hit.numpy()
 
 
 def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", restarts: int = 1,
@@ -128,15 +161,51 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
     epsilon = check_attack_args(x, y, epsilon, batch_size)
     steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     check_choice("APGD loss", loss, LOSSES)
-    model_fn = EOT(model, eot_samples)
-    attack = compiled(model, ("apgd", model_fn.samples, epsilon, steps, loss, momentum, rho),
-                      lambda rng: _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho, rng), seed)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    _, attack = _compiled_apgd(model, x, epsilon, steps, loss, momentum, rho, eot_samples, seed)
     x_adv, fooled = x.copy(), np.zeros(len(x), bool)
-    for _ in range(restarts):
-        todo = np.flatnonzero(~fooled)
-        for i in range(0, len(todo), batch_size):
-            idx = todo[i:i + batch_size]
-            adv, hit = attack(tf.constant(x[idx]), tf.constant(y[idx]))
-            x_adv[idx], fooled[idx] = adv.numpy(), hit.numpy()
+    for restart in range(restarts):
+        _attack_standing(attack, x, y, y, x_adv, fooled, batch_size, f"apgd-{loss} {restart + 1}/{restarts}")
+    return x_adv
+
+
+def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int = TARGET_CLASSES,
+                  momentum: float = 0.75, rho: float = 0.75, eot_samples: int | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
+    """APGD-T: APGD with the targeted DLR loss, once per target class (Croce and Hein, 2020).
+
+    The targets of an image are the classes its clean (EOT) prediction ranks
+    2nd, 3rd, ..., `targets + 1`-th; each run of `steps` iterations starts on
+    the images that no earlier target fooled. Success means misclassified, as
+    in AutoAttack, whichever class wins.
+
+    Args:
+        model: A Keras model that outputs logits; at least 4 classes (the loss
+            reads the 4th-largest logit).
+        x, y: Images in [0, 1] and integer labels.
+        epsilon: L∞ radius.
+        steps: Iterations per target.
+        targets: Target classes per image (at most the number of classes - 1).
+        momentum, rho: APGD's momentum and step-halving threshold.
+        eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
+        batch_size: Images per batch.
+        seed: Seed of the attack's own random generator.
+
+    Returns:
+        Per image, the first misclassified input found, else the last run's
+        highest-loss input, as a NumPy array shaped like `x`.
+    """
+    epsilon = check_attack_args(x, y, epsilon, batch_size)
+    steps, targets = check_count("steps", steps), check_count("targets", targets)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    if not len(x):
+        return x.copy()
+    model_fn, attack = _compiled_apgd(model, x, epsilon, steps, "dlr-t", momentum, rho, eot_samples, seed)
+    # Ranked by the clean EOT prediction, highest first: the label is usually first, the targets follow.
+    ranked = np.argsort(-eot_scores(model_fn, x, batch_size), axis=1, kind="stable").astype(np.int32)
+    if ranked.shape[1] < 4:
+        raise ValueError(f"APGD-T needs at least 4 classes; model {model.name!r} has {ranked.shape[1]}.")
+    x_adv, fooled = x.copy(), np.zeros(len(x), bool)
+    for k in range(1, min(targets, ranked.shape[1] - 1) + 1):
+        _attack_standing(attack, x, y, ranked[:, k], x_adv, fooled, batch_size, f"apgd-t target {k}/{targets}")
     return x_adv

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_pnil.attacks.apgd import apgd
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, classified_right
+from keras_pnil.attacks.apgd import apgd, apgd_targeted
+from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, TARGET_CLASSES, check_attack_args, classified_right
 from keras_pnil.attacks.eot import EOT
+from keras_pnil.attacks.fab import fab_targeted
 from keras_pnil.attacks.square import square
-from keras_pnil.layers import has_random_layer
 from keras_pnil.validation import check_choice
 
 VERSIONS = ("standard", "rand")
@@ -24,55 +25,62 @@ class AutoAttackReport:
     eot_samples: int
     clean: float
     after: dict = field(default_factory=dict)  # stage name → robust accuracy after it
+    seconds: dict = field(default_factory=dict)  # stage name → wall-clock seconds it took
     robust_accuracy: float = float("nan")
     broken_by: list = field(default_factory=list)  # stage name, "clean", or None if it survived
 
 
-def _stages(version: str, steps: int, queries: int) -> dict:
-    stages = {"apgd-ce": (apgd, {"steps": steps, "loss": "ce"}),
-              "apgd-dlr": (apgd, {"steps": steps, "loss": "dlr"})}
-    if version == "standard":
-        stages["square"] = (square, {"queries": queries})
-    return stages
+def _stages(version: str, steps: int, queries: int, targets: int, fab_steps: int) -> dict:
+    if version == "rand":
+        return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce"}),
+                "apgd-dlr": (apgd, {"steps": steps, "loss": "dlr"})}
+    return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce"}),
+            "apgd-t": (apgd_targeted, {"steps": steps, "targets": targets}),
+            "fab-t": (fab_targeted, {"steps": fab_steps, "targets": targets}),
+            "square": (square, {"queries": queries})}
 
 
 def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, steps: int = 100,
-                   queries: int = 5000, eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                   queries: int = 5000, targets: int = TARGET_CLASSES, fab_steps: int = 100,
+                   eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                    seed: int | None = 0) -> tuple[np.ndarray, AutoAttackReport]:
     """The ensemble with its per-stage report; `autoattack` returns only the images.
 
-    `standard` runs APGD-CE, APGD-DLR and Square (`queries`) in turn, each on
-    the images the previous ones left classified right; `rand`, the default
-    for models with a random layer, runs APGD-CE and APGD-DLR with EOT. An
-    image counts as right when the EOT prediction names its label.
+    `standard`, AutoAttack's version for deterministic models, runs APGD-CE,
+    APGD-T and FAB-T (`targets` target classes each) and Square (`queries`)
+    in turn, each on the images the previous ones left classified right;
+    `rand`, the default for random models (see `probe`), runs APGD-CE and
+    APGD-DLR with EOT. An image counts as right when the EOT prediction names
+    its label.
 
     Returns:
         `(x_adv, report)`: per image the first input that broke it, else the
         last attempt; and an `AutoAttackReport`.
     """
     epsilon = check_attack_args(x, y, epsilon, batch_size)
-    version = version or ("rand" if has_random_layer(model) else "standard")
+    model_fn = EOT(model, eot_samples, images=x)
+    version = version or ("rand" if model_fn.random else "standard")
     check_choice("AutoAttack version", version, VERSIONS)
-    model_fn = EOT(model, eot_samples)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     x_adv, right = x.copy(), classified_right(model_fn, x, y, batch_size)
     broken_by = np.where(right, None, "clean").astype(object)
     report = AutoAttackReport(version, model_fn.samples, float(right.mean()))
-    for name, (attack, options) in _stages(version, steps, queries).items():
-        idx = np.flatnonzero(right)
+    for name, (attack, options) in _stages(version, steps, queries, targets, fab_steps).items():
+        idx, started = np.flatnonzero(right), time.perf_counter()
         if len(idx):
             x_adv[idx] = attack(model, x[idx], y[idx], epsilon, eot_samples=model_fn.samples,
                                 batch_size=batch_size, seed=seed, **options)
             broken = idx[~classified_right(model_fn, x_adv[idx], y[idx], batch_size)]
             broken_by[broken], right[broken] = name, False
         report.after[name] = float(right.mean())
+        report.seconds[name] = time.perf_counter() - started
     report.robust_accuracy, report.broken_by = float(right.mean()), broken_by.tolist()
     return x_adv, report
 
 
 def autoattack(model, x, y, epsilon: float, *, version: str | None = None, steps: int = 100, queries: int = 5000,
-               eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-               seed: int | None = 0) -> np.ndarray:
+               targets: int = TARGET_CLASSES, fab_steps: int = 100, eot_samples: int | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
     """The AutoAttack-style ensemble as an attack: the adversarial images (see `run_autoattack`)."""
-    return run_autoattack(model, x, y, epsilon, version=version, steps=steps, queries=queries,
-                          eot_samples=eot_samples, batch_size=batch_size, seed=seed)[0]
+    return run_autoattack(model, x, y, epsilon, version=version, steps=steps, queries=queries, targets=targets,
+                          fab_steps=fab_steps, eot_samples=eot_samples, batch_size=batch_size, seed=seed)[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import keras
@@ -12,6 +14,8 @@ from keras_pnil.attacks.eot import EOT
 from keras_pnil.validation import check_count, check_epsilon, check_images, check_same_length
 
 DEFAULT_BATCH_SIZE = 256  # images per batch; the model sees batch × EOT draws at once
+# Target classes of the targeted attacks (APGD-T, FAB-T): AutoAttack's nine classes ranked after the label.
+TARGET_CLASSES = 9
 
 
 def check_attack_args(x, y, epsilon: float, batch_size: int) -> float:
@@ -53,11 +57,38 @@ def compiled(model: keras.Model, key: tuple, build, seed: int | None):
     return attack
 
 
-def run_batched(attack, x, y, batch_size: int) -> np.ndarray:
+# Whether attacks draw a progress bar over their batches (the evaluate command turns them on).
+_PROGRESS = contextvars.ContextVar("keras_pnil_progress_bars", default=False)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True):
+    """Within this context, every attack shows a `keras.utils.Progbar` over the images it attacks."""
+    token = _PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def batches(indices, batch_size: int, label: str):
+    """Yields `indices` in slices of `batch_size`, with a progress bar under `progress_bars()`."""
+    indices = np.asarray(indices)
+    bar = None
+    if _PROGRESS.get() and len(indices):
+        print(f"  {label}: {len(indices)} images", flush=True)
+        bar = keras.utils.Progbar(len(indices), unit_name="image")
+    for i in range(0, len(indices), batch_size):
+        yield indices[i:i + batch_size]
+        if bar is not None:
+            bar.add(len(indices[i:i + batch_size]))
+
+
+def run_batched(attack, x, y, batch_size: int, label: str) -> np.ndarray:
     """Applies a compiled attack `(x, y) -> x_adv` to `x` in batches of `batch_size` images."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    parts = [attack(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
-             for i in range(0, len(x), batch_size)]
+    parts = [attack(tf.constant(x[idx]), tf.constant(y[idx])).numpy()
+             for idx in batches(np.arange(len(x)), batch_size, label)]
     return np.concatenate(parts) if parts else x.copy()
 
 
@@ -71,11 +102,16 @@ def project(z, x, epsilon: float):
     return tf.clip_by_value(tf.clip_by_value(z, x - epsilon, x + epsilon), 0.0, 1.0)
 
 
+def eot_scores(model_fn: EOT, x, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """The EOT log-probabilities of `x`, computed in batches, as a NumPy array [images, classes]."""
+    parts = [model_fn(tf.constant(np.asarray(x[i:i + batch_size], np.float32))).numpy()
+             for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+
 def true_class_scores(model_fn: EOT, x, y, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Per image, from one pass: is the EOT prediction right, and the EOT loss -log p(label)."""
-    log_probs = np.concatenate([model_fn(tf.constant(x[i:i + batch_size])).numpy()
-                                for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 1))
-    labels = np.asarray(y, np.int64)
+    log_probs, labels = eot_scores(model_fn, x, batch_size), np.asarray(y, np.int64)
     return log_probs.argmax(-1) == labels, -np.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
 
 

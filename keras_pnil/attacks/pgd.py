@@ -34,7 +34,7 @@ def _pgd_graph(model_fn: EOT, epsilon: float, steps: int, step_size: float, rand
     # PGD is a loop of CleverHans' fast gradient method (as CleverHans builds it);
     # the random start is drawn here from the attack's own generator, because
     # CleverHans' `projected_gradient_descent` draws it from TensorFlow's global one.
-    @tf.function
+    @tf.function(reduce_retracing=True)  # batches of the images still standing vary in size
     def attack(x, y):
         adv = project(x + rng.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon) if random_start else x
         for _ in tf.range(steps):  # a tensor range: one tf.while_loop, not `steps` copies
@@ -73,19 +73,19 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
     step_size = default_step_size(epsilon, steps) if step_size is None else step_size
     if not 0 < step_size <= epsilon:
         raise ValueError(f"step_size must lie in (0, epsilon={epsilon}]; got {step_size!r}.")
-    model_fn = EOT(model, eot_samples)
+    model_fn = EOT(model, eot_samples, images=x)
     attack = compiled(model, ("pgd", model_fn.samples, epsilon, steps, step_size, random_start),
                       lambda rng: _pgd_graph(model_fn, epsilon, steps, step_size, random_start, rng), seed)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    x_adv = run_batched(attack, x, y, batch_size)
+    x_adv = run_batched(attack, x, y, batch_size, f"pgd {steps} steps, restart 1/{restarts}")
     if restarts == 1:
         return x_adv
     standing, loss = true_class_scores(model_fn, x_adv, y, batch_size)
-    for _ in range(restarts - 1):
+    for restart in range(2, restarts + 1):
         idx = np.flatnonzero(standing)
         if not len(idx):
             break
-        candidate = run_batched(attack, x[idx], y[idx], batch_size)
+        candidate = run_batched(attack, x[idx], y[idx], batch_size, f"pgd {steps} steps, restart {restart}/{restarts}")
         right, candidate_loss = true_class_scores(model_fn, candidate, y[idx], batch_size)
         fooled = ~right
         better = fooled | (candidate_loss > loss[idx])

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_pnil.attacks.apgd import apgd
+from keras_pnil.attacks.apgd import apgd, apgd_targeted
 from keras_pnil.attacks.autoattack import autoattack
+from keras_pnil.attacks.fab import fab_targeted
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.attacks.spsa import spsa
 from keras_pnil.attacks.square import square
@@ -37,6 +38,7 @@ class AttackSpec:
         options: Keywords fixed whatever the budget.
         gradient_free: Uses only the model's scores (a witness against gradient masking).
         full_set: Runs on every evaluation image (else on the budget's seeded subset).
+        seeded: Draws random numbers (from its `seed`); FAB-T, which starts at the image, does not.
     """
 
     name: str
@@ -47,6 +49,7 @@ class AttackSpec:
     options: Mapping = field(default_factory=dict)
     gradient_free: bool = False
     full_set: bool = True
+    seeded: bool = True
 
     def options_for(self, budget: Mapping) -> dict:
         """The function's keywords under `budget` (EOT draws included)."""
@@ -98,11 +101,35 @@ register(AttackSpec("spsa", spsa, {"spsa_steps": "steps", "spsa_samples": "pertu
 for _loss in ("ce", "dlr"):
     register(AttackSpec(f"apgd-{_loss}", apgd, {"apgd_steps": "steps"},
                         lambda b: f"APGD {b['apgd_steps']} steps", _apgd_cost, options={"loss": _loss}))
+register(AttackSpec("apgd-t", apgd_targeted, {"apgd_steps": "steps", "target_classes": "targets"},
+                    lambda b: f"APGD-T {b['apgd_steps']} steps × {b['target_classes']} targets",
+                    lambda b, eot: _apgd_cost(b, eot) * b["target_classes"]))
+
+
+def _fab_cost(b: Mapping, eot: int) -> float:
+    return b["fab_steps"] * b["target_classes"] * eot * (GRADIENT_COST + 1)  # a gradient and a check per step
+
+
+register(AttackSpec("fab-t", fab_targeted, {"fab_steps": "steps", "target_classes": "targets"},
+                    lambda b: f"FAB-T {b['fab_steps']} steps × {b['target_classes']} targets",
+                    _fab_cost, full_set=False, seeded=False))
 register(AttackSpec("square", square, {"square_queries": "queries"},
                     lambda b: f"Square {b['square_queries']} queries",
                     lambda b, eot: b["square_queries"] * eot, gradient_free=True, full_set=False))
-register(AttackSpec("autoattack", autoattack, {"apgd_steps": "steps", "square_queries": "queries"},
-                    lambda b: f"AutoAttack (APGD {b['apgd_steps']} steps, Square {b['square_queries']} queries)",
-                    # the rand version (random models, EOT > 1) runs no Square
-                    lambda b, eot: 2 * _apgd_cost(b, eot) + (b["square_queries"] if eot == 1 else 0),
-                    full_set=False))
+
+
+def _autoattack_words(b: Mapping) -> str:
+    return (f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; rand with EOT: APGD-CE, APGD-DLR; "
+            f"APGD {b['apgd_steps']} steps, {b['target_classes']} targets, FAB {b['fab_steps']} steps, "
+            f"Square {b['square_queries']} queries)")
+
+
+def _autoattack_cost(b: Mapping, eot: int) -> float:
+    if eot > 1:  # the rand version, for random models: APGD-CE and APGD-DLR
+        return 2 * _apgd_cost(b, eot)
+    return _apgd_cost(b, eot) * (1 + b["target_classes"]) + _fab_cost(b, eot) + b["square_queries"]
+
+
+register(AttackSpec("autoattack", autoattack, {"apgd_steps": "steps", "square_queries": "queries",
+                                               "target_classes": "targets", "fab_steps": "fab_steps"},
+                    _autoattack_words, _autoattack_cost, full_set=False))

@@ -88,7 +88,7 @@ def _margin_loss(model_fn: EOT):
 
 
 def _spsa_graph(loss_fn, epsilon: float, steps: int, optimizer: BatchedSPSAAdam, early_stop: bool):
-    @tf.function
+    @tf.function(reduce_retracing=True)  # batches of the images still standing vary in size
     def attack(x, y):
         start = optimizer.rng.uniform(tf.shape(x), -epsilon, epsilon)
         delta = _project_perturbation(start, epsilon, x, clip_min=0.0, clip_max=1.0)
@@ -135,7 +135,7 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
     steps, perturbations = check_count("steps", steps), check_count("perturbations", perturbations, minimum=2)
     check_positive("learning_rate", learning_rate)
     check_positive("delta", delta)
-    model_fn = EOT(model, eot_samples)
+    model_fn = EOT(model, eot_samples, images=x)
     batch_size = min(batch_size, max(len(x), 1))
     chunks = _chunks(perturbations, perturbations * batch_size * model_fn.samples, max_model_batch)
 
@@ -145,4 +145,4 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
 
     attack = compiled(model, ("spsa", model_fn.samples, epsilon, steps, perturbations, learning_rate, delta,
                               early_stop, chunks), build, seed)
-    return run_batched(attack, x, y, batch_size)
+    return run_batched(attack, x, y, batch_size, f"spsa {steps} steps × {perturbations} perturbations")

@@ -36,7 +36,7 @@ def _square_graph(model_fn: EOT, epsilon: float, queries: int, p_init: float, rn
     def signs(shape):
         return tf.sign(rng.uniform(shape, -1.0, 1.0))
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # batches of the images still standing vary in size
     def attack(x, y):
         batch, height, width = tf.unstack(tf.shape(x)[:3])
         channels = x.shape[-1]  # static, so the loop keeps x_best's shape
@@ -96,7 +96,7 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
         raise ValueError(f"p_init must lie in (0, 1]; got {p_init!r}.")
     if np.ndim(x) != 4:
         raise ValueError(f"square expects NHWC image batches; got shape {np.shape(x)}.")
-    model_fn = EOT(model, eot_samples)
+    model_fn = EOT(model, eot_samples, images=x)
     attack = compiled(model, ("square", model_fn.samples, epsilon, queries, p_init),
                       lambda rng: _square_graph(model_fn, epsilon, queries, p_init, rng), seed)
-    return run_batched(attack, x, y, batch_size)
+    return run_batched(attack, x, y, batch_size, f"square {queries} queries")
