@@ -149,7 +149,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=COUNT, help=f"default {d['epochs']}")
     p.add_argument("--batch-size", type=COUNT, help=f"default {d['batch_size']}")
     p.add_argument("--seed", type=NONNEGATIVE, help=f"default {d['seed']}")
-    p.add_argument("--strategy", choices=["default", "mirrored"], help="default: one device")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"],
+                   help="default: one device; mirrored: this machine's devices; multi_worker: the machines in "
+                        "TF_CONFIG (start the command on each; the chief, worker 0, writes --out, worker i "
+                        "--out/worker-i)")
     p.add_argument("--train-size", type=COUNT, help="train on a seeded random subset of this size")
     p.add_argument("--validation-size", type=COUNT, help="validate on this many of the test-set half")
     p.add_argument("--fold", type=FOLD, help="train on fold 0-9 of the 5×2 protocol (with --train-size: a subset)")

@@ -7,6 +7,9 @@ module is the train command's choice of both, from a run configuration
 
 from __future__ import annotations
 
+import json
+import os
+
 import keras
 import tensorflow as tf
 
@@ -14,7 +17,7 @@ from keras_pnil import models
 from keras_pnil.schedules import CyclicalLearningRate, OneCycleLearningRate, lr_range_test
 from keras_pnil.training import AdversarialModel, adversarial
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("cyclical", "one_cycle")
 
 
@@ -56,5 +59,24 @@ def range_test_bounds(config: dict, train_ds) -> tuple[list, tuple[float, float]
 
 
 def strategy(name: str) -> tf.distribute.Strategy:
-    """The distribution strategy named `name`: "default" (one device) or "mirrored" (all local devices)."""
-    return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
+    """The distribution strategy named `name`: "default" (one device), "mirrored" (all local devices) or
+    "multi_worker" (all devices of the machines named in the `TF_CONFIG` environment variable).
+
+    A strategy is created once per process: TensorFlow allows one multi-worker strategy, created before
+    any other collective operation.
+    """
+    if name not in _STRATEGIES:
+        _STRATEGIES[name] = {"mirrored": tf.distribute.MirroredStrategy,
+                             "multi_worker": tf.distribute.MultiWorkerMirroredStrategy}.get(
+                                 name, tf.distribute.get_strategy)()
+    return _STRATEGIES[name]
+
+
+_STRATEGIES: dict[str, tf.distribute.Strategy] = {}
+
+
+def worker_index() -> int | None:
+    """This process's index among the workers of `TF_CONFIG` (0 is the chief), or None without one."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    return int(task.get("index", 0)) if task.get("type") in ("worker", "chief") else None

@@ -146,6 +146,16 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
     return history.history, monitor.collapsed_at is not None
 
 
+def _worker_directory(out: Path, strategy: str) -> Path:
+    """Where this process writes: `out`, or `out/worker-<i>` for worker i > 0 of a multi-worker run.
+
+    Every worker trains the same weights; only the chief's directory is the run (workers sharing a
+    file system must not write the same files).
+    """
+    index = recipe.worker_index() if strategy == "multi_worker" else None
+    return out / f"worker-{index}" if index else out
+
+
 def train_run(config: dict, out, data=None) -> str:
     """Trains the run `config` (from `training_config`) into the directory `out`; returns a summary line.
 
@@ -153,7 +163,8 @@ def train_run(config: dict, out, data=None) -> str:
     `data` may pass the loaded data set (`load_dataset`'s value) to skip
     reading it again.
     """
-    out = Path(out)
+    recipe.strategy(config["strategy"])  # first: a multi-worker strategy must exist before any TensorFlow op
+    out = _worker_directory(Path(out), config["strategy"])
     (x_train, y_train), (x_test, y_test) = data or datasets.load_dataset(config["dataset"], config["data_dir"])
     train_idx, val_idx = training_indices(config, len(x_train), len(x_test))
     out.mkdir(parents=True, exist_ok=True)

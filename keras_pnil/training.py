@@ -9,6 +9,7 @@ distribution strategies and mixed precision work unchanged.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_pnil.attacks.eot import cross_entropy_sum, input_gradient
@@ -189,7 +190,7 @@ class AdversarialModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         logs = super().train_step((self._perturb(x, y), y, sample_weight))
-        return {k: v for k, v in logs.items() if not k.startswith("clean_")}
+        return self._reducible({k: v for k, v in logs.items() if not k.startswith("clean_")})
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -197,7 +198,25 @@ class AdversarialModel(keras.Model):
         self.clean_loss_tracker.update_state(
             keras.losses.sparse_categorical_crossentropy(y, clean_logits, from_logits=True))
         self.clean_accuracy.update_state(y, clean_logits)
-        return super().test_step((self._perturb(x, y), y, sample_weight))
+        return self._reducible(super().test_step((self._perturb(x, y), y, sample_weight)))
+
+    def _multi_worker(self) -> bool:
+        return isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def _reducible(self, logs: dict) -> dict:
+        # Keras 3 (backend/tensorflow/trainer.py, `reduce_per_replica`) averages the logs of the replicas
+        # of several workers over axis 0, which a scalar lacks: give each log that axis.
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()} if self._multi_worker() else logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 builds the model's state from a batch that it first reduces across replicas, which fails
+        # under MultiWorkerMirroredStrategy (a PerReplica value is not a tensor). Shapes are all it needs:
+        # build from an all-zero batch of the input's shape instead.
+        if not self._multi_worker():
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        shape = (1, *self.inputs[0].shape[1:])
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=(np.zeros(shape, np.float32), np.zeros((1,), np.int64)))
 
     def fit(self, x=None, y=None, *args, **kwargs):
         if isinstance(x, (list, tuple)) or hasattr(x, "__array__"):

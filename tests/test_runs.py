@@ -1,6 +1,11 @@
 import json
+import os
+import socket
+import subprocess
+import sys
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
@@ -74,3 +79,34 @@ def test_the_last_checkpoint_keeps_the_final_weights_and_marks_the_run_done(tmp_
     assert stored["architecture"] == "wong_mnist" and model.name == "wong_mnist"
     with pytest.raises(ValueError, match="Unknown checkpoint 'middle'"):
         runs.training_config({"checkpoint": "middle"})
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_training_on_two_processes_ends_with_the_same_weights(tmp_path, data_dir):
+    # Two workers on loopback ports, as two machines would be (TF_CONFIG), training a tiny run together.
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    argv = [sys.executable, "-m", "keras_pnil.cli", "--data-dir", str(data_dir), "--dataset", "mnist",
+            "--architecture", "wong_mnist", "--method", "nfgsm", "--pnil", "--strategy", "multi_worker",
+            "--train-size", "400", "--epochs", "2", "--batch-size", "50", "--validation-size", "100",
+            "--monitor-images", "20", "--out", str(tmp_path / "run")]
+    workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "CI": "1", "TF_CONFIG": json.dumps(
+                                    {"cluster": cluster, "task": {"type": "worker", "index": i}})})
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    chief, other = tmp_path / "run", tmp_path / "run" / "worker-1"
+    assert (chief / "done.json").exists() and (chief / "model.keras").exists()  # the chief's directory is the run
+    assert (other / "model.keras").exists() and not (other / "worker-1").exists()
+    weights = [keras.models.load_model(d / "model.keras").get_weights() for d in (chief, other)]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
