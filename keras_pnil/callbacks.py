@@ -122,3 +122,28 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
             return
         self.best = max(self.best, pgd_accuracy)
         self._remember(epoch)
+
+
+class PNILStatistics(keras.callbacks.Callback):
+    """Logs what the PNIL has learned after every epoch, so its history shows whether (and when) it learns.
+
+    Adds `pnil_sigma_object` and `pnil_sigma_background` (mean noise σ on
+    the object and background pixels of `x`, as in the paper's Figure 1),
+    `pnil_mean_bias` and `pnil_mean_abs_kernel` to the epoch's logs (see
+    `evaluation.pnil_structure`).
+
+    Args:
+        layer: The model's `PixelwiseNoiseInjection`.
+        x: Fixed images to measure σ on (a few hundred validation images).
+    """
+
+    def __init__(self, layer, x):
+        super().__init__()
+        self.layer, self.x = layer, np.asarray(x, np.float32)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        stats = evaluation.pnil_structure(self.layer, self.x)
+        for key in ("sigma_object", "sigma_background", "mean_bias", "mean_abs_kernel"):
+            logs[f"pnil_{key}"] = stats[key]

@@ -22,7 +22,7 @@ import numpy as np
 
 from keras_pnil import data as datasets
 from keras_pnil import evaluation, models, recipe, report
-from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor
+from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, PNILStatistics
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
 from keras_pnil.layers import find_pnil
 from keras_pnil.training import METHODS, get_perturbation
@@ -130,8 +130,10 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
     atomic_write_json(out / CONFIG, config)
     monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
                                              eot_samples=config["monitor_eot"], state_dir=out / MONITOR)
+    layer = find_pnil(trainer)
     callbacks = [
         monitor,
+        *([PNILStatistics(layer, monitor_data[0])] if layer is not None else []),
         keras.callbacks.BackupAndRestore(str(out / BACKUP)),
         keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
         keras.callbacks.TensorBoard(str(out / LOGS)),

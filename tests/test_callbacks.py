@@ -2,9 +2,10 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 import keras_pnil as kp
-from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor
+from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, PNILStatistics
 
 EPS = 0.1
 
@@ -71,3 +72,19 @@ def test_a_collapse_spanning_a_resume_is_still_seen(mnist, monkeypatch, tmp_path
     assert len(history.history["loss"]) == 1 and resumed.collapsed_at == 1
     for a, b in zip(trainer.get_weights(), before_collapse, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pnil_statistics_log_the_noise_on_object_and_background_every_epoch(mnist):
+    _, (xt, _) = mnist
+    model = kp.models.small_cnn(pnil=True, seed=0, filters=(4, 8), dense_units=16)
+    layer = model.get_layer("pnil")
+    callback, logs = PNILStatistics(layer, xt[:50]), {}
+    callback.on_epoch_end(0, logs)
+    assert logs["pnil_mean_bias"] == pytest.approx(-5.0) and logs["pnil_mean_abs_kernel"] == pytest.approx(0.0)
+    assert logs["pnil_sigma_object"] == pytest.approx(np.exp(-2.5), rel=1e-4)  # σ = exp(B/2) with W = 0
+    # A layer that learned Figure 1's structure: less noise where the digit is (W < 0: Σ falls with x).
+    layer.kernel.assign(np.full(layer.kernel.shape, -4.0, np.float32))
+    layer.bias.assign(np.full(layer.bias.shape, -1.0, np.float32))
+    callback.on_epoch_end(1, logs)
+    assert logs["pnil_sigma_object"] < 0.5 * logs["pnil_sigma_background"]
+    assert logs["pnil_sigma_background"] == pytest.approx(np.exp(-0.5), rel=0.05)
