@@ -1,5 +1,6 @@
 import inspect
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,3 +90,15 @@ def test_a_new_attack_is_one_function_and_one_registry_entry(trained_pair, mnist
         assert result.attacks["pgd"] < result.attacks["sign-noise"]
     finally:
         del ATTACKS[spec.name]
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "apgd-t", "fab-t", "square"])
+def test_one_trace_serves_every_batch_size(name, trained_pair, mnist):
+    # The last, smaller batch and the shrinking sets of images still standing must not trace again.
+    _, (xt, yt) = mnist
+    model = keras.models.clone_model(trained_pair[False])  # a fresh model: no graphs cached yet
+    model.set_weights(trained_pair[False].get_weights())
+    for n in (5, 12, 7):
+        _run(name, model, xt[:n], yt[:n], seed=0, eot_samples=None, batch_size=4)
+    graphs = [fn for fn, _ in vars(model)["_keras_pnil_attack_graphs"].values()]
+    assert len(graphs) == 1 and graphs[0].experimental_get_tracing_count() == 1

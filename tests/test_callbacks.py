@@ -88,3 +88,12 @@ def test_pnil_statistics_log_the_noise_on_object_and_background_every_epoch(mnis
     callback.on_epoch_end(1, logs)
     assert logs["pnil_sigma_object"] < 0.5 * logs["pnil_sigma_background"]
     assert logs["pnil_sigma_background"] == pytest.approx(np.exp(-0.5), rel=0.05)
+
+
+def test_the_monitor_traces_its_attack_once_for_all_epochs(mnist):
+    (x, y), _ = mnist
+    trainer = _trainer()
+    monitor = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2)
+    trainer.fit(x[:200], y[:200], epochs=3, verbose=0, callbacks=[monitor])
+    graphs = [fn for fn, _ in vars(trainer)["_keras_pnil_attack_graphs"].values()]
+    assert len(graphs) == 1 and graphs[0].experimental_get_tracing_count() == 1

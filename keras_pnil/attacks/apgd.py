@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
     TARGET_CLASSES,
+    batch_signature,
     batches,
     check_attack_args,
     compiled,
@@ -62,7 +63,7 @@ def apgd_checkpoints(steps: int) -> np.ndarray:
 
 
 def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: float, rho: float,
-                rng: tf.random.Generator):
+                rng: tf.random.Generator, signature: list):
     """The compiled APGD loop for one batch: returns (best adversarial or highest-loss input, fooled)."""
     loss_of = _per_draw_loss(loss)
     checkpoints = apgd_checkpoints(steps)
@@ -81,7 +82,7 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
                               tf.cast(y, tf.int32))
         return losses, tape.gradient(total, x), fooled
 
-    @tf.function(reduce_retracing=True)  # the images still standing shrink from call to call
+    @tf.function(input_signature=signature)
     def attack(x, y, target):
         x_k = project(x + rng.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon)
         loss_k, grad, fooled = evaluate(x_k, y, target)
@@ -119,8 +120,9 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
 def _compiled_apgd(model, x, epsilon: float, steps: int, loss: str, momentum: float, rho: float,
                    eot_samples: int | None, seed: int | None):
     model_fn = EOT(model, eot_samples, images=x)
-    attack = compiled(model, ("apgd", model_fn.samples, epsilon, steps, loss, momentum, rho),
-                      lambda rng: _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho, rng), seed)
+    attack = compiled(model, ("apgd", np.shape(x)[1:], model_fn.samples, epsilon, steps, loss, momentum, rho),
+                      lambda rng: _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho, rng,
+                                              batch_signature(x, 2)), seed)
     return model_fn, attack
 
 

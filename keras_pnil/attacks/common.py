@@ -84,6 +84,15 @@ def batches(indices, batch_size: int, label: str):
             bar.add(len(indices[i:i + batch_size]))
 
 
+def batch_signature(x, label_vectors: int = 1) -> list:
+    """The input signature of an attack graph: any number of images shaped like `x`'s, and int32 vectors.
+
+    With the batch dimension left open, one trace serves every batch size:
+    the last, smaller batch and the shrinking sets of images still standing.
+    """
+    return [tf.TensorSpec((None, *np.shape(x)[1:]), tf.float32), *[tf.TensorSpec((None,), tf.int32)] * label_vectors]
+
+
 def run_batched(attack, x, y, batch_size: int, label: str) -> np.ndarray:
     """Applies a compiled attack `(x, y) -> x_adv` to `x` in batches of `batch_size` images."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
     TARGET_CLASSES,
+    batch_signature,
     batches,
     check_attack_args,
     compiled,
@@ -54,7 +55,7 @@ def linf_projection(point, w, c):
     return delta * tf.minimum(scale, 1.0)[:, None]
 
 
-def _fab_graph(model_fn: EOT, steps: int, alpha_max: float, eta: float, beta: float):
+def _fab_graph(model_fn: EOT, steps: int, alpha_max: float, eta: float, beta: float, signature: list):
     """The compiled FAB-T run on one batch: returns (smallest adversarial found, its L∞ norm; inf if none)."""
 
     def margin(z, shape, y, target):
@@ -68,7 +69,7 @@ def _fab_graph(model_fn: EOT, steps: int, alpha_max: float, eta: float, beta: fl
     def fooled(z, shape, y):
         return tf.not_equal(tf.argmax(model_fn(tf.reshape(z, shape)), -1, output_type=tf.int32), y)
 
-    @tf.function(reduce_retracing=True)  # the images still standing shrink from call to call
+    @tf.function(input_signature=signature)
     def attack(x, y, target):
         shape = tf.shape(x)
         x0 = tf.reshape(x, [shape[0], -1])
@@ -128,8 +129,8 @@ def fab_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int 
     if not len(x):
         return x.copy()
     model_fn = EOT(model, eot_samples, images=x)
-    attack = compiled(model, ("fab-t", model_fn.samples, steps, alpha_max, eta, beta),
-                      lambda rng: _fab_graph(model_fn, steps, alpha_max, eta, beta), seed)
+    attack = compiled(model, ("fab-t", np.shape(x)[1:], model_fn.samples, steps, alpha_max, eta, beta),
+                      lambda rng: _fab_graph(model_fn, steps, alpha_max, eta, beta, batch_signature(x, 2)), seed)
     ranked = np.argsort(-eot_scores(model_fn, x, batch_size), axis=1, kind="stable").astype(np.int32)
     x_adv, norms = x.copy(), np.full(len(x), np.inf)
     for k in range(1, min(targets, ranked.shape[1] - 1) + 1):

@@ -9,6 +9,7 @@ from cleverhans.tf2.utils import clip_eta
 
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
+    batch_signature,
     check_attack_args,
     compiled,
     project,
@@ -30,11 +31,11 @@ def default_step_size(epsilon: float, steps: int) -> float:
 
 
 def _pgd_graph(model_fn: EOT, epsilon: float, steps: int, step_size: float, random_start: bool,
-               rng: tf.random.Generator):
+               rng: tf.random.Generator, signature: list):
     # PGD is a loop of CleverHans' fast gradient method (as CleverHans builds it);
     # the random start is drawn here from the attack's own generator, because
     # CleverHans' `projected_gradient_descent` draws it from TensorFlow's global one.
-    @tf.function(reduce_retracing=True)  # batches of the images still standing vary in size
+    @tf.function(input_signature=signature)
     def attack(x, y):
         adv = project(x + rng.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon) if random_start else x
         for _ in tf.range(steps):  # a tensor range: one tf.while_loop, not `steps` copies
@@ -74,8 +75,9 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
     if not 0 < step_size <= epsilon:
         raise ValueError(f"step_size must lie in (0, epsilon={epsilon}]; got {step_size!r}.")
     model_fn = EOT(model, eot_samples, images=x)
-    attack = compiled(model, ("pgd", model_fn.samples, epsilon, steps, step_size, random_start),
-                      lambda rng: _pgd_graph(model_fn, epsilon, steps, step_size, random_start, rng), seed)
+    attack = compiled(model, ("pgd", np.shape(x)[1:], model_fn.samples, epsilon, steps, step_size, random_start),
+                      lambda rng: _pgd_graph(model_fn, epsilon, steps, step_size, random_start, rng,
+                                             batch_signature(x)), seed)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     x_adv = run_batched(attack, x, y, batch_size, f"pgd {steps} steps, restart 1/{restarts}")
     if restarts == 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, compiled, run_batched
+from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, batch_signature, check_attack_args, compiled, run_batched
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.validation import check_count
 
@@ -30,13 +30,14 @@ def _margin(model_fn: EOT):
     return margin
 
 
-def _square_graph(model_fn: EOT, epsilon: float, queries: int, p_init: float, rng: tf.random.Generator):
+def _square_graph(model_fn: EOT, epsilon: float, queries: int, p_init: float, rng: tf.random.Generator,
+                  signature: list):
     margin_of = _margin(model_fn)
 
     def signs(shape):
         return tf.sign(rng.uniform(shape, -1.0, 1.0))
 
-    @tf.function(reduce_retracing=True)  # batches of the images still standing vary in size
+    @tf.function(input_signature=signature)
     def attack(x, y):
         batch, height, width = tf.unstack(tf.shape(x)[:3])
         channels = x.shape[-1]  # static, so the loop keeps x_best's shape
@@ -97,6 +98,6 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
     if np.ndim(x) != 4:
         raise ValueError(f"square expects NHWC image batches; got shape {np.shape(x)}.")
     model_fn = EOT(model, eot_samples, images=x)
-    attack = compiled(model, ("square", model_fn.samples, epsilon, queries, p_init),
-                      lambda rng: _square_graph(model_fn, epsilon, queries, p_init, rng), seed)
+    attack = compiled(model, ("square", np.shape(x)[1:], model_fn.samples, epsilon, queries, p_init),
+                      lambda rng: _square_graph(model_fn, epsilon, queries, p_init, rng, batch_signature(x)), seed)
     return run_batched(attack, x, y, batch_size, f"square {queries} queries")
