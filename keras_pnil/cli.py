@@ -167,6 +167,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=POSITIVE, help="RFGSM step (default: --alpha-ratio × ε)")
     p.add_argument("--alpha-ratio", type=POSITIVE, help="RFGSM step in units of ε (paper 1.2, Wong et al. 1.25)")
     p.add_argument("--pgd-steps", type=COUNT, help=f"PGD training steps (default {d['pgd_steps']})")
+    p.add_argument("--pnil-lr-multiplier", type=POSITIVE,
+                   help="the PNIL's W and B learn at this multiple of the learning rate (default 1)")
     p.add_argument("--pgd-early-stop", action="store_true",
                    help="PGD training: step only the images still classified right (Wong et al.'s MNIST PGD)")
     p.add_argument("--monitor-images", type=COUNT, help="validation images for the per-epoch PGD check (default 200)")

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from keras_pnil import models
-from keras_pnil.schedules import CyclicalLearningRate, OneCycleLearningRate, lr_range_test
+from keras_pnil.schedules import CyclicalLearningRate, MultipliedAdam, OneCycleLearningRate, lr_range_test
 from keras_pnil.training import AdversarialModel, adversarial
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -43,9 +43,12 @@ def learning_rate(config: dict, steps_per_epoch: int) -> keras.optimizers.schedu
     return CyclicalLearningRate(config["base_lr"], config["max_lr"], step_size=2 * steps_per_epoch)
 
 
-def compile_trainer(trainer: keras.Model, schedule: keras.optimizers.schedules.LearningRateSchedule) -> None:
-    """Adam (0.9, 0.999) with `schedule`, sparse cross-entropy on logits, accuracy."""
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
+def compile_trainer(trainer: keras.Model, schedule: keras.optimizers.schedules.LearningRateSchedule,
+                    pnil_lr_multiplier: float = 1.0) -> None:
+    """Adam (0.9, 0.999) with `schedule` (times `pnil_lr_multiplier` for the PNIL's W and B), sparse
+    cross-entropy on logits, accuracy."""
+    trainer.compile(optimizer=MultipliedAdam({"pnil/": pnil_lr_multiplier}, learning_rate=schedule, beta_1=0.9,
+                                             beta_2=0.999),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 

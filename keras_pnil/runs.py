@@ -37,14 +37,14 @@ TRAIN_DEFAULTS = {
     "epochs": 10, "batch_size": 100, "seed": 0, "strategy": "default", "train_size": None, "validation_size": None,
     "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
     "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "pgd_early_stop": False,
-    "monitor_images": 200, "monitor_eot": 4, "early_stop": False, "checkpoint": "best",
+    "monitor_images": 200, "monitor_eot": 4, "early_stop": False, "checkpoint": "best", "pnil_lr_multiplier": 1.0,
 }
 # "best": restore the weights of the lowest adversarial validation loss (the paper); "last": keep the final
 # weights, as Wong et al. do, so that a collapse at the end of training shows in the evaluated model.
 CHECKPOINTS = ("best", "last")
 _COUNTS = ("epochs", "batch_size", "eot_samples", "pgd_steps", "monitor_images", "monitor_eot")
 _OPTIONAL_COUNTS = ("train_size", "validation_size")
-_POSITIVE = ("base_lr", "max_lr", "noise_multiplier", "alpha_ratio")
+_POSITIVE = ("base_lr", "max_lr", "noise_multiplier", "alpha_ratio", "pnil_lr_multiplier")
 FOLDS = 10  # the 5×2 protocol
 
 
@@ -126,7 +126,7 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
             atomic_write_text(out / LR_RANGE_TEST, "lr,loss\n" + "".join(f"{r},{v}\n" for r, v in history))
             print(f"LR range test suggests a cyclical rate in [{config['base_lr']:.2e}, {config['max_lr']:.2e}]")
         trainer = recipe.build_trainer(config)
-        recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch))
+        recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch), config["pnil_lr_multiplier"])
     atomic_write_json(out / CONFIG, config)
     monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
                                              eot_samples=config["monitor_eot"], state_dir=out / MONITOR)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: the paper's cyclical (triangular) policy with Smith's range test, and one cycle."""
+"""Learning rates: the paper's cyclical policy with Smith's range test, one cycle, per-layer multipliers."""
 
 from __future__ import annotations
 
@@ -116,3 +116,38 @@ def lr_range_test(model: keras.Model, dataset, min_lr: float = 1e-5, max_lr: flo
     model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[ramp], shuffle=False, verbose=0)
     rates, losses = zip(*ramp.history, strict=True)
     return ramp.history, suggest_bounds(rates, losses)
+
+
+@keras.saving.register_keras_serializable(package="keras_pnil")
+class MultipliedAdam(keras.optimizers.Adam):
+    """Adam with the learning rate multiplied for some variables (for example the PNIL's).
+
+    Keras 3 has no per-variable learning rate, and scaling a variable's
+    gradient would change nothing: Adam divides the gradient by its own
+    running scale. So the multiplier is applied to the rate in Adam's update
+    of each variable whose path (`"pnil/kernel"`, ...) starts with a prefix.
+
+    Args:
+        multipliers: {variable-path prefix: factor > 0}, e.g. `{"pnil/": 10.0}`.
+        **kwargs: Adam's arguments (`learning_rate`, `beta_1`, ...).
+    """
+
+    def __init__(self, multipliers: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.multipliers = dict(multipliers or {})
+        for prefix, factor in self.multipliers.items():
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+                raise ValueError(f"Learning-rate multipliers must be positive numbers; got {prefix!r}: {factor!r}")
+
+    def build(self, var_list):
+        super().build(var_list)
+        # By position: the backend hands `update_step` its own variable, which has lost the Keras path.
+        self._factors = [next((f for prefix, f in self.multipliers.items() if v.path.startswith(prefix)), 1.0)
+                         for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factors[self._get_variable_index(variable)]
+        return super().update_step(gradient, variable, learning_rate * factor if factor != 1.0 else learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "multipliers": self.multipliers}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import keras_pnil as kp
-from keras_pnil.schedules import CyclicalLearningRate, suggest_bounds
+from keras_pnil.schedules import CyclicalLearningRate, MultipliedAdam, suggest_bounds
 
 
 def test_cyclical_learning_rate_is_triangular():
@@ -37,3 +37,23 @@ def test_one_cycle_rises_to_its_peak_at_two_fifths_and_ends_at_zero():
     assert kp.schedules.OneCycleLearningRate.from_config(schedule.get_config()).total_steps == 100
     with pytest.raises(ValueError, match="peak_fraction=1.5"):
         kp.schedules.OneCycleLearningRate(1e-3, 10, peak_fraction=1.5)
+
+
+def test_multiplied_adam_moves_the_pnil_by_the_multiple_and_the_rest_as_adam():
+    # Adam's first step moves every variable with a non-zero gradient by exactly its learning rate.
+    def first_step(multiplier):
+        keras.utils.set_random_seed(0)
+        model = kp.models.small_cnn(pnil=True, seed=0, filters=(4, 8), dense_units=16)
+        model.compile(optimizer=MultipliedAdam({"pnil/": multiplier}, learning_rate=1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        before = {w.path: w.numpy().copy() for w in model.trainable_weights}
+        x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
+        model.train_on_batch(x, np.arange(8))
+        return {w.path: np.abs(w.numpy() - before[w.path]).max() for w in model.trainable_weights}
+
+    plain, tenfold = first_step(1.0), first_step(10.0)
+    assert tenfold["pnil/bias"] == pytest.approx(10 * plain["pnil/bias"], rel=1e-3)
+    assert plain["pnil/bias"] == pytest.approx(1e-3, rel=1e-2)
+    assert tenfold["logits/kernel"] == pytest.approx(plain["logits/kernel"], rel=1e-6)
+    with pytest.raises(ValueError, match="multipliers must be positive numbers; got 'pnil/': 0"):
+        MultipliedAdam({"pnil/": 0})
