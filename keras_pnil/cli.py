@@ -292,7 +292,7 @@ def evaluate_main(argv=None) -> int:
     jobs = []
     for path in paths:
         if targets.is_model_file(path) or args.data:
-            model = targets.load_model_file(path if targets.is_model_file(path) else path / runs.MODEL)
+            model = targets.load_model_file(targets.model_path(path))
             runs.check_model_inputs(model, images[0], images[1], f"{images[2]} images")
             jobs.append((path, model, len(images[0])))
         else:
@@ -315,13 +315,10 @@ def evaluate_main(argv=None) -> int:
 
 def _evaluate_target(path: Path, images, args, budget: dict, out: Path, cache: dict) -> dict:
     # A target already evaluated with the same request (a killed command started again) is read back.
-    if targets.is_model_file(path):
-        return targets.evaluate_file(path, images[:2], images[2], args.attacks, budget, out, args.epsilon,
-                                     seed=args.seed, reuse=True)
-    if args.data:  # a run's model on the user's own images
+    if targets.is_model_file(path) or args.data:  # a model file, or a run's model on the user's own images
         epsilon = args.epsilon or runs.check_run(path)["epsilon"]
-        return targets.evaluate_file(path / runs.MODEL, images[:2], images[2], args.attacks, budget, out, epsilon,
-                                     seed=args.seed, name=path.name, reuse=True)
+        return targets.evaluate_file(targets.model_path(path), images[:2], images[2], args.attacks, budget, out,
+                                     epsilon, seed=args.seed, name=path.stem, reuse=True)
     return runs.evaluate_run(path, args.attacks, budget, out, cache, epsilon=args.epsilon, seed=args.seed,
                              data_dir=args.data_dir, reuse=True)
 

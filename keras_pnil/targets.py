@@ -22,20 +22,27 @@ MODEL_SUFFIX = ".keras"
 
 
 def check_target(path) -> None:
-    """Raises a RunError unless `path` is a finished run directory or a Keras model file."""
+    """Raises a RunError unless `path` is a finished run directory or a Keras model file (or a folder of one)."""
     path = Path(path)
-    if path.is_dir():
-        runs.check_run(path)
-    elif path.suffix == MODEL_SUFFIX:
-        runs.check_model_file(path)
+    if is_model_file(path):
+        if path.suffix != MODEL_SUFFIX and not path.is_dir():
+            raise runs.RunError(f"{path} is neither a run directory of keras-pnil-train nor a Keras model file "
+                                f"({MODEL_SUFFIX})")
+        runs.check_model_file(model_path(path))
     else:
-        raise runs.RunError(f"{path} is neither a run directory of keras-pnil-train nor a Keras model file "
-                            f"({MODEL_SUFFIX})")
+        runs.check_run(path)
 
 
 def is_model_file(path) -> bool:
-    """Whether the target `path` is a model file (else a run directory)."""
-    return not Path(path).is_dir()
+    """Whether the target `path` is a model file, or a folder holding only `model.keras` (else a run)."""
+    path = Path(path)
+    return not path.is_dir() or ((path / runs.MODEL).exists() and not (path / runs.CONFIG).exists())
+
+
+def model_path(path) -> Path:
+    """The `.keras` file of a target: the file itself, or the `model.keras` of a folder or run directory."""
+    path = Path(path)
+    return path / runs.MODEL if path.is_dir() else path
 
 
 def import_custom_objects(paths) -> None:

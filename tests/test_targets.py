@@ -130,8 +130,11 @@ def test_a_softmax_model_is_attacked_through_its_logarithm(trained_pair, mnist, 
 
 def test_estimate_only_prints_the_estimate_and_evaluates_nothing(trained_pair, mnist, tmp_path, capsys):
     trained_pair[False].save(tmp_path / "m.keras")
-    code = cli.evaluate_main([str(tmp_path / "m.keras"), "--data", str(_npz(tmp_path / "d.npz", mnist, 30)),
-                              "--epsilon", "0.1", "--estimate-only", "--out", str(tmp_path / "eval")])
+    (tmp_path / "folder").mkdir()  # a folder holding only a model.keras counts as that model file
+    trained_pair[False].save(tmp_path / "folder" / "model.keras")
+    code = cli.evaluate_main([str(tmp_path / "m.keras"), str(tmp_path / "folder"), "--data",
+                              str(_npz(tmp_path / "d.npz", mnist, 30)), "--epsilon", "0.1", "--estimate-only",
+                              "--out", str(tmp_path / "eval")])
     printed = capsys.readouterr().out
-    assert code == 0 and "estimate: " in printed and "img/s measured now" in printed
+    assert code == 0 and printed.count("img/s measured now") == 2 and "folder: 30 images" in printed
     assert not (tmp_path / "eval" / "results.csv").exists()
