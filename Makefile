@@ -21,7 +21,7 @@ demo: $(BIN)/.installed
 
 # A suite's grid (evaluate/$(SUITE).json; default the paper's Table 1 on MNIST and Fashion-MNIST at the
 # quick CPU budget, about an hour). BUDGET=paper is the GPU budget; SUITE=large_eps the large-ε study;
-# SUITE=mnist_eps03 the peer reproduction at its full budget (about 1.5 h here). Rerunning resumes.
+# SUITE=mnist_eps03 the peer reproduction at its full budget (about 2.5 h here). Rerunning resumes.
 SUITE ?= table1
 BUDGET ?=
 DATASETS ?=
