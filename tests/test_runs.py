@@ -1,8 +1,10 @@
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 
 import keras
@@ -91,22 +93,39 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def test_multi_worker_training_on_two_processes_ends_with_the_same_weights(tmp_path, data_dir):
-    # Two workers on loopback ports, as two machines would be (TF_CONFIG), training a tiny run together.
-    ports = _free_ports(2)
+def _workers(argv: list, ports: list) -> list:
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    return [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "CI": "1", "TF_CONFIG": json.dumps(
+                                 {"cluster": cluster, "task": {"type": "worker", "index": i}})})
+            for i in range(len(ports))]
+
+
+def test_multi_worker_training_resumes_and_ends_with_the_same_weights(tmp_path, data_dir):
+    # Two workers on loopback ports, as two machines would be (TF_CONFIG): killed after an epoch,
+    # started again, they resume from their backups and finish with the same weights.
     argv = [sys.executable, "-m", "keras_pnil.cli", "--data-dir", str(data_dir), "--dataset", "mnist",
             "--architecture", "wong_mnist", "--method", "nfgsm", "--pnil", "--strategy", "multi_worker",
-            "--train-size", "400", "--epochs", "2", "--batch-size", "50", "--validation-size", "100",
+            "--train-size", "3000", "--epochs", "3", "--batch-size", "50", "--validation-size", "100",
             "--monitor-images", "20", "--out", str(tmp_path / "run")]
-    workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "CI": "1", "TF_CONFIG": json.dumps(
-                                    {"cluster": cluster, "task": {"type": "worker", "index": i}})})
-               for i in range(2)]
+    chief, other = tmp_path / "run", tmp_path / "run" / "worker-1"
+    workers = _workers(argv, _free_ports(2))
+    deadline = time.time() + 300
+    while time.time() < deadline and all(w.poll() is None for w in workers):
+        if (chief / "history.csv").exists() and len((chief / "history.csv").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert all(w.poll() is None for w in workers), "training ended before it could be interrupted"
+    for w in workers:
+        w.send_signal(signal.SIGKILL)
+        w.wait()
+    assert not (chief / "done.json").exists() and (chief / "backup").exists() and (other / "backup").exists()
+    workers = _workers(argv, _free_ports(2))
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    chief, other = tmp_path / "run", tmp_path / "run" / "worker-1"
     assert (chief / "done.json").exists() and (chief / "model.keras").exists()  # the chief's directory is the run
     assert (other / "model.keras").exists() and not (other / "worker-1").exists()
+    epochs = [int(line.split(",")[0]) for line in (chief / "history.csv").read_text().strip().splitlines()[1:]]
+    assert epochs == [0, 1, 2] and "epochs this session" in outputs[0] and "3 epochs this session" not in outputs[0]
     weights = [keras.models.load_model(d / "model.keras").get_weights() for d in (chief, other)]
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
