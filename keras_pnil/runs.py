@@ -134,7 +134,8 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
     callbacks = [
         monitor,
         *([PNILStatistics(layer, monitor_data[0])] if layer is not None else []),
-        keras.callbacks.BackupAndRestore(str(out / BACKUP)),
+        # Two copies: a kill while the latest is being written falls back to the one before.
+        keras.callbacks.BackupAndRestore(str(out / BACKUP), double_checkpoint=True),
         keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
         keras.callbacks.TensorBoard(str(out / LOGS)),
         *([BestCheckpoint(out / BEST)] if config["checkpoint"] == "best" else []),

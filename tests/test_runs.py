@@ -112,7 +112,8 @@ def test_multi_worker_training_resumes_and_ends_with_the_same_weights(tmp_path, 
     workers = _workers(argv, _free_ports(2))
     deadline = time.time() + 300
     while time.time() < deadline and all(w.poll() is None for w in workers):
-        if (chief / "history.csv").exists() and len((chief / "history.csv").read_text().splitlines()) >= 2:
+        if all((d / "history.csv").exists() and len((d / "history.csv").read_text().splitlines()) >= 2
+               for d in (chief, other)):  # an epoch done, and backed up, on both workers
             break
         time.sleep(0.2)
     assert all(w.poll() is None for w in workers), "training ended before it could be interrupted"
