@@ -132,6 +132,7 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
     x, y = np.asarray(x, np.float32), np.asarray(y)
     budget_options["eot_samples"] = _eot_samples(model, x, budget_options.get("eot_samples"), progress)
     budget = Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **budget_options)
+    progress(f"[budget] {budget.describe()}")
     values, draws = asdict(budget), budget.accuracy_draws
     rng = np.random.default_rng(seed)
     subset = np.sort(rng.choice(len(x), size=min(budget.spsa_images, len(x)), replace=False))

@@ -251,9 +251,14 @@ def reused_record(path: Path, request: dict, attacks) -> dict | None:
     if stored.get("request") != request:
         return None
     budget = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks)})
-    record, result = stored["record"], {**stored, "budget": asdict(budget)}
-    return {**record, "budget": budget.describe(), "rows": report.result_rows(record["run"], record["dataset"], result),
-            "worst_case_per_image": stored.get("worst_case_per_image", [])}
+    return _with_results({**stored["record"], "budget": budget.describe()}, {**stored, "budget": asdict(budget)})
+
+
+def _with_results(record: dict, result: dict) -> dict:
+    """`record` with what the evaluate command's results files need, derived from the stored `result`:
+    the tidy rows (`report.result_rows`) and the per-image worst case."""
+    return {**record, "rows": report.result_rows(record["run"], record["dataset"], result),
+            "worst_case_per_image": result.get("worst_case_per_image", [])}
 
 
 def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: float | None = None,
@@ -306,17 +311,13 @@ def evaluate_model(model: keras.Model, x, y, epsilon: float, attacks, budget: di
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     options = {k: v for k, v in budget.items() if k != "num_images"}
-    planned = evaluation.Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **options)
-    print(f"  budget: {planned.describe()}")
     result = evaluation.robustness(model, x, y, epsilon, attacks, seed=seed, epochs=epochs, **options)
     for check in result.checks:
         print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
     record = {**about, "clean": result.clean, **result.attacks, "min": result.effective,
-              "worst_case": result.worst_case, "budget": result.budget.describe(), "checks": result.checks,
-              "rows": report.result_rows(about["run"], about["dataset"], result.to_dict()),
-              "worst_case_per_image": result.worst_case_per_image}
+              "worst_case": result.worst_case, "budget": result.budget.describe(), "checks": result.checks}
     atomic_write_json(out / f"{name}.json", {"request": request, "record": record, **result.to_dict()})
     layer = find_pnil(model)
     if layer is not None:
         report.plot_pnil_maps(layer, x[0], out / f"{name}_pnil.png", title=f"{name}: learned PNIL")
-    return record
+    return _with_results(record, result.to_dict())

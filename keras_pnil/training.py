@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_pnil.attacks.common import per_image
 from keras_pnil.attacks.eot import cross_entropy_sum, input_gradient
 from keras_pnil.attacks.pgd import default_step_size
 from keras_pnil.validation import check_choice, check_count, check_epsilon, check_images, check_positive
@@ -127,7 +128,7 @@ class PGD(Perturbation):
             grad, right = _gradient_and_hits(model_fn, adv, y)
             step = self.step_size * tf.sign(grad)
             if self.early_stop:
-                step *= tf.reshape(tf.cast(right, step.dtype), tf.concat([[-1], tf.ones(tf.rank(x) - 1, tf.int32)], 0))
+                step *= per_image(tf.cast(right, step.dtype), x)
             adv = tf.clip_by_value(tf.clip_by_value(adv + step, x - self.epsilon, x + self.epsilon), 0.0, 1.0)
         return adv
 

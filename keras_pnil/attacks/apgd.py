@@ -15,6 +15,7 @@ from keras_pnil.attacks.common import (
     eot_scores,
     per_image,
     project,
+    target_classes,
 )
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.validation import check_choice, check_count
@@ -203,11 +204,10 @@ def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int
     if not len(x):
         return x.copy()
     model_fn, attack = _compiled_apgd(model, x, epsilon, steps, "dlr-t", momentum, rho, eot_samples, seed)
-    # Ranked by the clean EOT prediction, highest first: the label is usually first, the targets follow.
-    ranked = np.argsort(-eot_scores(model_fn, x, batch_size), axis=1, kind="stable").astype(np.int32)
-    if ranked.shape[1] < 4:
-        raise ValueError(f"APGD-T needs at least 4 classes; model {model.name!r} has {ranked.shape[1]}.")
+    classes = eot_scores(model_fn, x[:1]).shape[1]  # from the output itself: any model, subclassed too
+    if classes < 4:
+        raise ValueError(f"APGD-T needs at least 4 classes; model {model.name!r} has {classes}.")
     x_adv, fooled = x.copy(), np.zeros(len(x), bool)
-    for k in range(1, min(targets, ranked.shape[1] - 1) + 1):
-        _attack_standing(attack, x, y, ranked[:, k], x_adv, fooled, batch_size, f"apgd-t target {k}/{targets}")
+    for k, target in enumerate(target_classes(model_fn, x, targets, batch_size).T, start=1):
+        _attack_standing(attack, x, y, target, x_adv, fooled, batch_size, f"apgd-t target {k}/{targets}")
     return x_adv

@@ -118,6 +118,15 @@ def eot_scores(model_fn: EOT, x, batch_size: int = DEFAULT_BATCH_SIZE) -> np.nda
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 
+def target_classes(model_fn: EOT, x, targets: int, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Per image, the classes its clean EOT prediction ranks 2nd to `targets + 1`-th: [images, targets].
+
+    The targets of APGD-T and FAB-T (AutoAttack's); at most the number of classes - 1.
+    """
+    ranked = np.argsort(-eot_scores(model_fn, x, batch_size), axis=1, kind="stable").astype(np.int32)
+    return ranked[:, 1:targets + 1]
+
+
 def true_class_scores(model_fn: EOT, x, y, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Per image, from one pass: is the EOT prediction right, and the EOT loss -log p(label)."""
     log_probs, labels = eot_scores(model_fn, x, batch_size), np.asarray(y, np.int64)

@@ -21,7 +21,7 @@ from keras_pnil.attacks.common import (
     batches,
     check_attack_args,
     compiled,
-    eot_scores,
+    target_classes,
 )
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.validation import check_count
@@ -131,11 +131,10 @@ def fab_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int 
     model_fn = EOT(model, eot_samples, images=x)
     attack = compiled(model, ("fab-t", np.shape(x)[1:], model_fn.samples, steps, alpha_max, eta, beta),
                       lambda rng: _fab_graph(model_fn, steps, alpha_max, eta, beta, batch_signature(x, 2)), seed)
-    ranked = np.argsort(-eot_scores(model_fn, x, batch_size), axis=1, kind="stable").astype(np.int32)
     x_adv, norms = x.copy(), np.full(len(x), np.inf)
-    for k in range(1, min(targets, ranked.shape[1] - 1) + 1):
+    for k, target in enumerate(target_classes(model_fn, x, targets, batch_size).T, start=1):
         for idx in batches(np.flatnonzero(norms > epsilon), batch_size, f"fab-t target {k}/{targets}"):
-            adv, norm = attack(tf.constant(x[idx]), tf.constant(y[idx]), tf.constant(ranked[idx, k]))
+            adv, norm = attack(tf.constant(x[idx]), tf.constant(y[idx]), tf.constant(target[idx]))
             adv, norm = adv.numpy(), norm.numpy()
             better = norm < norms[idx]
             x_adv[idx[better]], norms[idx[better]] = adv[better], norm[better]

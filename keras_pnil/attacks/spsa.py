@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.attacks.spsa import _project_perturbation, margin_logit_loss
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, check_attack_args, compiled, run_batched
+from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, batch_signature, check_attack_args, compiled, run_batched
 from keras_pnil.attacks.eot import EOT, tile
 from keras_pnil.validation import check_count, check_positive
 
@@ -77,9 +77,7 @@ def _margin_loss(model_fn: EOT):
     """
     def loss_fn(images, labels):
         query_shape = tf.shape(images)[: tf.rank(images) - tf.rank(labels) - 3]
-        pixels = images.shape[-3:]
-        flat = tf.reshape(images, [-1, *pixels] if pixels.is_fully_defined() else
-                          tf.concat([[-1], tf.shape(images)[-3:]], 0))
+        flat = tf.reshape(images, [-1, *images.shape[-3:]])  # static pixels: see `chunk_estimate`
         flat_labels = tf.reshape(tf.broadcast_to(labels, tf.shape(images)[: tf.rank(images) - 3]), [-1])
         draws = model_fn.draws(flat)
         classes = tf.shape(draws)[-1]
@@ -91,8 +89,9 @@ def _margin_loss(model_fn: EOT):
     return loss_fn
 
 
-def _spsa_graph(loss_fn, epsilon: float, steps: int, optimizer: BatchedSPSAAdam, early_stop: bool):
-    @tf.function(reduce_retracing=True)  # batches of the images still standing vary in size
+def _spsa_graph(loss_fn, epsilon: float, steps: int, optimizer: BatchedSPSAAdam, early_stop: bool,
+                signature: list):
+    @tf.function(input_signature=signature)
     def attack(x, y):
         start = optimizer.rng.uniform(tf.shape(x), -epsilon, epsilon)
         delta = _project_perturbation(start, epsilon, x, clip_min=0.0, clip_max=1.0)
@@ -145,8 +144,8 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
 
     def build(rng):
         optimizer = BatchedSPSAAdam(rng, learning_rate, delta, perturbations, chunks)
-        return _spsa_graph(_margin_loss(model_fn), epsilon, steps, optimizer, early_stop)
+        return _spsa_graph(_margin_loss(model_fn), epsilon, steps, optimizer, early_stop, batch_signature(x))
 
-    attack = compiled(model, ("spsa", model_fn.samples, epsilon, steps, perturbations, learning_rate, delta,
-                              early_stop, chunks), build, seed)
+    attack = compiled(model, ("spsa", np.shape(x)[1:], model_fn.samples, epsilon, steps, perturbations,
+                              learning_rate, delta, early_stop, chunks), build, seed)
     return run_batched(attack, x, y, batch_size, f"spsa {steps} steps × {perturbations} perturbations")
