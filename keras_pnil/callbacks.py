@@ -1,4 +1,5 @@
-"""Callbacks for adversarial training: best-checkpoint selection and the catastrophic-overfitting monitor."""
+"""Callbacks for adversarial training: best-checkpoint selection, the convergence rule, the catastrophic-overfitting
+monitor and the PNIL's per-epoch statistics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_pnil import evaluation
+from keras_pnil import evaluation, report
 from keras_pnil.attacks.eot import probe
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.files import atomic_write_json, read_json
@@ -47,6 +48,42 @@ class BestCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.weights_path.exists():
             self.model.load_weights(self.weights_path)
+
+
+class ConvergenceStop(keras.callbacks.Callback):
+    """Stops training once `monitor` (default: the adversarial validation loss) has not reached a new low for
+    `patience` epochs: the paper's "trained to convergence" as a rule.
+
+    Unlike Keras' `EarlyStopping`, it counts the epochs of earlier sessions of the same run (read from its
+    `history` CSV), so a killed and resumed run stops where an uninterrupted one would. `stopped_at` is the
+    1-based epoch it stopped after, or None.
+    """
+
+    def __init__(self, patience: int, history=None, monitor: str = "val_loss"):
+        super().__init__()
+        self.patience, self.history, self.monitor = patience, history, monitor
+        self.best, self.wait, self.stopped_at = math.inf, 0, None
+
+    def _update(self, value: float) -> None:
+        if value < self.best:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.stopped_at = math.inf, 0, None
+        for value in report.read_history(self.history).get(self.monitor, []) if self.history else []:
+            self._update(value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        self._update(float(value))
+        if self.wait >= self.patience:
+            print(f"\nConverged: {self.monitor} has not improved on {self.best:.4f} for {self.wait} epochs; "
+                  f"stopping after epoch {epoch + 1}.")
+            self.model.stop_training, self.stopped_at = True, epoch + 1
 
 
 class CatastrophicOverfittingMonitor(keras.callbacks.Callback):

@@ -169,6 +169,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--pgd-steps", type=COUNT, help=f"PGD training steps (default {d['pgd_steps']})")
     p.add_argument("--pnil-lr-multiplier", type=POSITIVE,
                    help="the PNIL's W and B learn at this multiple of the learning rate (default 1)")
+    p.add_argument("--pnil-bias", type=float,
+                   help=f"the PNIL's initial B, a log-variance in [-20, 4] (default {d['pnil_bias']}: σ ≈ 0.08)")
+    p.add_argument("--patience", type=COUNT,
+                   help="train to convergence: stop once the adversarial validation loss has not improved for "
+                        "this many epochs (--epochs is then the most)")
     p.add_argument("--pgd-early-stop", action="store_true",
                    help="PGD training: step only the images still classified right (Wong et al.'s MNIST PGD)")
     p.add_argument("--monitor-images", type=COUNT, help="validation images for the per-epoch PGD check (default 200)")
@@ -226,7 +231,14 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--spsa-steps", type=COUNT)
     p.add_argument("--spsa-samples", type=EVEN, help="SPSA perturbations per image and step (the paper's samples)")
     p.add_argument("--spsa-images", type=COUNT,
-                   help="the seeded subset for SPSA, Square, FAB-T and autoattack (paper: 1000)")
+                   help="the seeded subset for SPSA (and Square, FAB-T, autoattack unless set below; paper: 1000)")
+    p.add_argument("--square-images", type=COUNT, help="images for Square (default: --spsa-images)")
+    p.add_argument("--autoattack-images", type=COUNT, help="images for autoattack and fab-t (default: --spsa-images)")
+    p.add_argument("--spsa-eot-samples", type=COUNT, help="EOT draws of SPSA on random models (default: --eot-samples)")
+    p.add_argument("--square-eot-samples", type=COUNT,
+                   help="EOT draws of Square on random models (default: --eot-samples)")
+    p.add_argument("--autoattack-eot-samples", type=COUNT,
+                   help="EOT draws of autoattack and fab-t on random models (default: --eot-samples)")
     p.add_argument("--apgd-steps", type=COUNT)
     p.add_argument("--fab-steps", type=COUNT)
     p.add_argument("--target-classes", type=COUNT, help="target classes of apgd-t and fab-t (AutoAttack: 9)")
@@ -243,7 +255,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def _budget(args) -> dict:
     budget = dict(BUDGETS[args.budget])
     for key in ("eot_samples", "pgd_steps", "pgd_restarts", "spsa_steps", "spsa_samples", "spsa_images",
-                "apgd_steps", "fab_steps", "target_classes", "square_queries", "num_images"):
+                "apgd_steps", "fab_steps", "target_classes", "square_queries", "num_images", "square_images",
+                "autoattack_images", "spsa_eot_samples", "square_eot_samples", "autoattack_eot_samples"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
     return budget

@@ -72,7 +72,13 @@ class Budget:
     fab_steps: int = 100
     target_classes: int = 9  # APGD-T and FAB-T (AutoAttack's)
     square_queries: int = 5000
+    square_images: int | None = None  # None: spsa_images
+    autoattack_images: int | None = None  # AutoAttack and FAB-T; None: spsa_images
     eot_samples: int = 1  # as run: 1 on deterministic models
+    # Per-attack EOT draws for random models (None: eot_samples): query-hungry attacks may get fewer than PGD.
+    spsa_eot_samples: int | None = None
+    square_eot_samples: int | None = None
+    autoattack_eot_samples: int | None = None
     accuracy_draws: int = 10
     epochs: int | None = None
     attacks: tuple = ("pgd", "spsa")
@@ -86,9 +92,14 @@ class Budget:
         """One line naming the budget of the attacks that ran, labelled REDUCED unless it is the paper's."""
         label = "paper protocol" if self.is_paper_protocol() else "REDUCED budget (not the paper's protocol)"
         values = asdict(self)
-        parts = [f"{label}: ε={self.epsilon:.4g}, {self.num_images} test images "
-                 f"(subset of {min(self.spsa_images, self.num_images)} for SPSA, Square, AutoAttack)"]
-        parts += dict.fromkeys(get_attack(name).describe(values) for name in self.attacks)
+        parts = [f"{label}: ε={self.epsilon:.4g}, {self.num_images} test images"]
+        for spec in map(get_attack, dict.fromkeys(self.attacks)):
+            words = spec.describe(values)
+            if not spec.full_set:
+                words += f" on {spec.subset_size(values)} of them"
+            if spec.eot_for(values) != self.eot_samples and "eot_samples" not in spec.options:
+                words += f" (EOT {spec.eot_for(values)})"
+            parts.append(words)
         if "square" not in self.attacks:
             parts.append(f"Square {self.square_queries} queries (masking witness)")
         parts.append(f"EOT {self.eot_samples} samples, accuracy over {self.accuracy_draws} draws"
@@ -130,16 +141,19 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
     """
     specs = [get_attack(name) for name in attacks]  # unknown names fail before any work is done
     x, y = np.asarray(x, np.float32), np.asarray(y)
-    budget_options["eot_samples"] = _eot_samples(model, x, budget_options.get("eot_samples"), progress)
-    budget = Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **budget_options)
+    random = _is_random(model, x, progress)
+    budget_options["eot_samples"] = budget_options.get("eot_samples") or DEFAULT_EOT_SAMPLES
+    budget = Budget(epsilon=epsilon, num_images=len(x), attacks=tuple(attacks), **resolve_eot(budget_options, random))
     progress(f"[budget] {budget.describe()}")
     values, draws = asdict(budget), budget.accuracy_draws
-    rng = np.random.default_rng(seed)
-    subset = np.sort(rng.choice(len(x), size=min(budget.spsa_images, len(x)), replace=False))
+    # Nested seeded subsets (prefixes of one permutation): the smallest is attacked by every attack.
+    order = np.random.default_rng(seed).permutation(len(x))
+    images = {spec.name: np.sort(order[:spec.subset_size(values)]) for spec in specs}
+    subset = min([*images.values(), np.sort(order[:min(budget.spsa_images, len(x))])], key=len)
     correct = {"clean": per_example_correct(model, x, y, draws)}
     for spec in specs:
-        idx = np.arange(len(x)) if spec.full_set else subset
-        progress(f"[{spec.name}] attacking {len(idx)} images ...")
+        idx = images[spec.name]
+        progress(f"[{spec.name}] attacking {len(idx)} images (EOT {spec.eot_for(values)}) ...")
         x_adv = spec(model, x[idx], y[idx], budget.epsilon, values, seed=seed)
         correct[spec.name] = np.full(len(x), np.nan)
         correct[spec.name][idx] = per_example_correct(model, x_adv, y[idx], draws)
@@ -152,29 +166,36 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
         worst_case=float(on_subset.mean()), budget=budget, subset_indices=subset.tolist(),
         worst_case_per_image=on_subset.tolist())
     if checks:
-        result.checks = gradient_masking_checks(model, x[subset], y[subset], budget, correct, subset, progress)
+        result.checks = gradient_masking_checks(model, x[subset], y[subset], budget, correct, subset, progress,
+                                                images)
     return result
 
 
-def _eot_samples(model, x, requested: int | None, progress) -> int:
-    """EOT draws for `model`, judged by its behaviour on `x`, said once in the attack log."""
+EOT_KEYS = ("eot_samples", "spsa_eot_samples", "square_eot_samples", "autoattack_eot_samples")
+
+
+def resolve_eot(budget: dict, random: bool) -> dict:
+    """`budget` as run on a random or a deterministic model: a deterministic one gets no EOT at all."""
+    return budget if random else {**budget, **dict.fromkeys(EOT_KEYS[1:]), "eot_samples": 1}
+
+
+def _is_random(model, x, progress) -> bool:
+    """Whether `model` is random at inference, judged by its behaviour on `x`, said once in the attack log."""
     behaviour = probe(model, x)
     if behaviour.probabilities and first_notice_of_probabilities(model):
         progress("[model] outputs probabilities (rows sum to 1), not logits: attacking their logarithms "
                  "(models should output logits)")
-    if not behaviour.random:
-        progress("[model] deterministic (two calls on the same images agree): no EOT")
-        return 1
-    samples = requested or DEFAULT_EOT_SAMPLES
-    progress(f"[model] random at inference (two calls on the same images differ): EOT over {samples} draws")
-    return samples
+    progress("[model] random at inference (two calls on the same images differ): attacked with EOT"
+             if behaviour.random else "[model] deterministic (two calls on the same images agree): no EOT")
+    return behaviour.random
 
 
 def _check(name: str, value: float, flagged: bool, detail: str) -> dict:
     return {"check": name, "value": float(value), "flagged": bool(flagged), "detail": detail}
 
 
-def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, progress=print) -> list:
+def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, progress=print,
+                            images: dict | None = None) -> list:
     """Carlini et al.'s sanity checks, each a dict with `flagged` (True = sign of masking).
 
     1. A gradient-free attack (SPSA, and Square as a second witness, run here
@@ -186,22 +207,26 @@ def gradient_masking_checks(model, x, y, budget: Budget, correct: dict, subset, 
        the gradient attack is not working.
     3. Doubling PGD's steps and EOT samples must not lower accuracy by more
        than `CONVERGENCE_MARGIN`; otherwise the reported PGD is not converged.
+
+    `x`, `y` are the images of `subset` (indices into the evaluation images, which
+    `correct` scores per attack); `images` gives each attack's own indices (default: `subset`).
     """
-    results, eot = [], budget.eot_samples
+    results, eot, images = [], budget.eot_samples, dict(images or {})
     if "square" not in correct:
-        progress(f"[checks] Square ({budget.square_queries} queries) as a gradient-free witness ...")
-        x_square = square(model, x, y, budget.epsilon, queries=budget.square_queries, eot_samples=eot)
+        square_eot = get_attack("square").eot_for(asdict(budget))
+        progress(f"[checks] Square ({budget.square_queries} queries, EOT {square_eot}) as a gradient-free witness ...")
+        x_square = square(model, x, y, budget.epsilon, queries=budget.square_queries, eot_samples=square_eot)
         correct = {**correct, "square": np.full(len(correct["clean"]), np.nan)}
         correct["square"][subset] = per_example_correct(model, x_square, y, budget.accuracy_draws)
+        images["square"] = subset
     attacked = [get_attack(name) for name in correct if name != "clean"]
     gradient = [spec.name for spec in attacked if spec.full_set and not spec.gradient_free]
-    if gradient:
-        strongest = min(gradient, key=lambda n: np.mean(correct[n][subset]))
-        best = float(np.mean(correct[strongest][subset]))
-        for name in (spec.name for spec in attacked if spec.gradient_free):
-            gap = best - float(np.mean(correct[name][subset]))
-            results.append(_check(f"{name} vs {strongest}", -gap, gap > GRADIENT_FREE_MARGIN,
-                                  f"{name} accuracy minus {strongest}'s on the same {len(subset)} images: {-gap:+.3f}"))
+    for name in (spec.name for spec in attacked if spec.gradient_free and gradient):
+        idx = images.get(name, subset)  # the gradient attacks ran on every image, so on these too
+        strongest = min(gradient, key=lambda n: np.mean(correct[n][idx]))
+        gap = float(np.mean(correct[strongest][idx])) - float(np.mean(correct[name][idx]))
+        results.append(_check(f"{name} vs {strongest}", -gap, gap > GRADIENT_FREE_MARGIN,
+                              f"{name} accuracy minus {strongest}'s on the same {len(idx)} images: {-gap:+.3f}"))
     progress("[checks] PGD at ε = 0.5 and with doubled steps/EOT ...")
     large = _accuracy_after_pgd(model, x, y, 0.5, budget.pgd_steps, eot, budget.accuracy_draws)
     results.append(_check("large-ε PGD", large, large > LARGE_EPSILON_CEILING,
@@ -259,10 +284,13 @@ def cost_units(budget: dict, eot: int, attacks) -> float:
     A rough count: PGD restarts are counted in full, though they run only on
     the images still standing.
     """
-    values = {**asdict(Budget(epsilon=0.1, num_images=budget["num_images"])), **budget}
-    n, s = values["num_images"], min(values["spsa_images"], values["num_images"])
-    per_attack = [(n if spec.full_set else s) * spec.cost(values, eot) for spec in map(get_attack, attacks)]
-    square_check = 0 if "square" in attacks else s * get_attack("square").cost(values, eot)
+    defaults = asdict(Budget(epsilon=0.1, num_images=budget["num_images"]))
+    values = resolve_eot({**defaults, **budget, "eot_samples": eot}, eot > 1)
+    specs = [get_attack(name) for name in attacks]
+    n, s = values["num_images"], min(spec.subset_size(values) for spec in [*specs, get_attack("spsa")])
+    per_attack = [spec.subset_size(values) * spec.cost(values, spec.eot_for(values)) for spec in specs]
+    square = get_attack("square")
+    square_check = 0 if "square" in attacks else s * square.cost(values, square.eot_for(values))
     checks = s * values["pgd_steps"] * eot * 3 * 5 + square_check  # large-ε PGD and doubled PGD
     return n * values["accuracy_draws"] * 2 + sum(per_attack) + checks
 

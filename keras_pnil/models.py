@@ -1,6 +1,7 @@
 """The paper's networks (a small CNN for (Fashion-)MNIST, ResNet11 for CIFAR-10) and Wong et al.'s MNIST net.
 
-All output logits and take `pnil=True` to put a PixelwiseNoiseInjection first.
+All output logits and take `pnil=True` to put a PixelwiseNoiseInjection first (or `pnil={...}`, the layer's
+constructor arguments, e.g. `{"bias_initializer": keras.initializers.Constant(-3.0)}`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ from keras_pnil.layers import PixelwiseNoiseInjection
 from keras_pnil.validation import check_choice
 
 
-def _input(input_shape, pnil: bool, seed: int | None):
+def _has_pnil(pnil: bool | dict) -> bool:
+    return isinstance(pnil, dict) or bool(pnil)
+
+
+def _input(input_shape, pnil: bool | dict, seed: int | None):
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = PixelwiseNoiseInjection(seed=seed, name="pnil")(inputs) if pnil else inputs
+    options = pnil if isinstance(pnil, dict) else {}
+    x = PixelwiseNoiseInjection(seed=seed, name="pnil", **options)(inputs) if _has_pnil(pnil) else inputs
     return inputs, x
 
 
 def small_cnn(
     input_shape=(28, 28, 1),
     num_classes: int = 10,
-    pnil: bool = False,
+    pnil: bool | dict = False,
     filters: tuple[int, int] = (32, 64),
     dense_units: int = 1024,
     seed: int | None = None,
@@ -40,13 +46,13 @@ def small_cnn(
     x = layers.Flatten()(x)
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="small_cnn_pnil" if pnil else "small_cnn")
+    return keras.Model(inputs, outputs, name="small_cnn_pnil" if _has_pnil(pnil) else "small_cnn")
 
 
 def wong_mnist(
     input_shape=(28, 28, 1),
     num_classes: int = 10,
-    pnil: bool = False,
+    pnil: bool | dict = False,
     seed: int | None = None,
 ) -> keras.Model:
     """Wong et al.'s MNIST network ("Fast is better than free", `MNIST/mnist_net.py`).
@@ -63,7 +69,7 @@ def wong_mnist(
     x = layers.Flatten()(x)
     x = layers.Dense(100, activation="relu", name="fc")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="wong_mnist_pnil" if pnil else "wong_mnist")
+    return keras.Model(inputs, outputs, name="wong_mnist_pnil" if _has_pnil(pnil) else "wong_mnist")
 
 
 def _conv_bn(x, width: int, name: str):
@@ -75,7 +81,7 @@ def _conv_bn(x, width: int, name: str):
 def resnet11(
     input_shape=(32, 32, 3),
     num_classes: int = 10,
-    pnil: bool = False,
+    pnil: bool | dict = False,
     widths: tuple[int, int, int, int] = (64, 128, 256, 512),
     seed: int | None = None,
 ) -> keras.Model:
@@ -97,7 +103,7 @@ def resnet11(
         x = layers.Add(name=f"stage{stage}_add")([x, residual])
     x = layers.GlobalMaxPooling2D()(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="resnet11_pnil" if pnil else "resnet11")
+    return keras.Model(inputs, outputs, name="resnet11_pnil" if _has_pnil(pnil) else "resnet11")
 
 
 ARCHITECTURES = {"small_cnn": small_cnn, "resnet11": resnet11, "wong_mnist": wong_mnist}
@@ -109,7 +115,7 @@ def default_architecture(dataset: str) -> str:
     return "resnet11" if dataset == "cifar10" else "small_cnn"
 
 
-def for_dataset(dataset: str, pnil: bool = False, seed: int | None = None, architecture: str | None = None,
+def for_dataset(dataset: str, pnil: bool | dict = False, seed: int | None = None, architecture: str | None = None,
                 **kwargs) -> keras.Model:
     """The network `architecture` (default: the paper's for `dataset`) for `dataset`'s images."""
     architecture = architecture or default_architecture(dataset)

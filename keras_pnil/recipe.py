@@ -30,8 +30,8 @@ def method_options(config: dict) -> dict:
 
 def build_trainer(config: dict) -> AdversarialModel:
     """The data set's network (with a PNIL first if asked), wrapped for the configured training method."""
-    model = models.for_dataset(config["dataset"], pnil=config["pnil"], seed=config["seed"],
-                               architecture=config["architecture"])
+    pnil = {"bias_initializer": keras.initializers.Constant(config["pnil_bias"])} if config["pnil"] else False
+    model = models.for_dataset(config["dataset"], pnil=pnil, seed=config["seed"], architecture=config["architecture"])
     return adversarial(model, config["method"], config["epsilon"], **method_options(config))
 
 

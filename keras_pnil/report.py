@@ -159,7 +159,7 @@ RESULT_COLUMNS = ("model", "dataset", "epsilon", "attack", "accuracy", "n_images
 
 def result_rows(model: str, dataset: str, result: dict) -> list[dict]:
     """The tidy rows of one evaluation (`RobustnessResult.to_dict()`): clean, each attack, and Min."""
-    budget, subset = result["budget"], len(result["subset_indices"])
+    budget = result["budget"]
     eot, n = budget["eot_samples"], budget["num_images"]
     base = {"model": model, "dataset": dataset, "epsilon": budget["epsilon"]}
     draws = budget["accuracy_draws"] if eot > 1 else 1
@@ -167,8 +167,8 @@ def result_rows(model: str, dataset: str, result: dict) -> list[dict]:
              "budget": f"accuracy over {draws} draw{'s' * (draws > 1)}"}]
     for name, accuracy in result["attacks"].items():
         spec = get_attack(name)
-        rows.append({**base, "attack": name, "accuracy": accuracy, "n_images": n if spec.full_set else subset,
-                     "eot_samples": spec.options.get("eot_samples", eot), "budget": spec.describe(budget)})
+        rows.append({**base, "attack": name, "accuracy": accuracy, "n_images": spec.subset_size(budget),
+                     "eot_samples": spec.eot_for(budget), "budget": spec.describe(budget)})
     attacked = rows[1:] or rows[:1]
     rows.append({**base, "attack": "min", "accuracy": result["effective"],
                  "n_images": min(row["n_images"] for row in attacked), "eot_samples": eot,

@@ -81,6 +81,11 @@ def _method_settings(suite: dict, spec: RunSpec) -> tuple[dict, dict]:
         raise SuiteError(f"training configuration {name} is not valid JSON: {err}") from None
 
 
+def suite_attacks(suite: dict, budget: str) -> tuple:
+    """The attacks of `budget`: its own "attacks" list, else the suite's."""
+    return tuple(suite["budgets"][budget].get("attacks", suite["attacks"]))
+
+
 def train_config(suite: dict, budget: str, spec: RunSpec, data_dir=None) -> dict:
     """One run's validated training configuration: its train/*.json file, then the suite's options."""
     defaults, method = _method_settings(suite, spec)
@@ -121,7 +126,7 @@ def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: di
         n_train = OFFICIAL_SIZES[spec.dataset][0] // (1 if spec.fold is None else 2)  # a fold trains on half
         units = _training_units({**config, **method, **settings["train"]}, n_train)
         units += evaluation.cost_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
-                                   suite["attacks"])
+                                   suite_attacks(suite, budget))
         seconds[spec.dataset] = seconds.get(spec.dataset, 0.0) + units / throughput[spec.dataset]
     for dataset in seconds:
         seconds[dataset] += _figure_units(settings["figures"], len(suite["methods"])) / throughput[dataset]
@@ -233,7 +238,7 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
             _timed(timings, f"train/{spec.name}", lambda: print(runs.train_run(config, run, data_cache[spec.dataset])))
         atomic_write_json(timings_path, timings)  # kept if the evaluation is killed
         records.append(_timed(timings, f"evaluate/{spec.name}", lambda: runs.evaluate_run(
-            runs_dir / spec.name, tuple(suite["attacks"]), settings["evaluate"], runs_dir / "evaluation",
+            runs_dir / spec.name, suite_attacks(suite, budget), settings["evaluate"], runs_dir / "evaluation",
             data_cache, data_dir=data_dir, reuse=True, label=spec.method)))
         atomic_write_json(timings_path, timings)
     figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))

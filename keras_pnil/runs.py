@@ -22,9 +22,9 @@ import numpy as np
 
 from keras_pnil import data as datasets
 from keras_pnil import evaluation, models, recipe, report
-from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, PNILStatistics
+from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, ConvergenceStop, PNILStatistics
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
-from keras_pnil.layers import find_pnil
+from keras_pnil.layers import DEFAULT_BIAS, LOG_VARIANCE_RANGE, find_pnil
 from keras_pnil.training import METHODS, get_perturbation
 from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
 
@@ -38,12 +38,13 @@ TRAIN_DEFAULTS = {
     "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
     "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "pgd_early_stop": False,
     "monitor_images": 200, "monitor_eot": 4, "early_stop": False, "checkpoint": "best", "pnil_lr_multiplier": 1.0,
+    "pnil_bias": DEFAULT_BIAS, "patience": None,
 }
 # "best": restore the weights of the lowest adversarial validation loss (the paper); "last": keep the final
 # weights, as Wong et al. do, so that a collapse at the end of training shows in the evaluated model.
 CHECKPOINTS = ("best", "last")
 _COUNTS = ("epochs", "batch_size", "eot_samples", "pgd_steps", "monitor_images", "monitor_eot")
-_OPTIONAL_COUNTS = ("train_size", "validation_size")
+_OPTIONAL_COUNTS = ("train_size", "validation_size", "patience")  # patience: epochs (see ConvergenceStop)
 _POSITIVE = ("base_lr", "max_lr", "noise_multiplier", "alpha_ratio", "pnil_lr_multiplier")
 FOLDS = 10  # the 5×2 protocol
 
@@ -78,6 +79,10 @@ def training_config(options: dict) -> dict:
     for key in (k for k in (*_POSITIVE, "alpha") if config[k] is not None):
         check_positive(key, config[key])
     check_count("seed", config["seed"], minimum=0)
+    low, high = LOG_VARIANCE_RANGE
+    if not (isinstance(config["pnil_bias"], int | float) and low <= config["pnil_bias"] <= high):
+        raise ValueError(f"pnil_bias (the PNIL's initial B, a log-variance) must be a number in [{low}, {high}]; "
+                         f"got {config['pnil_bias']!r}.")
     if config["fold"] is not None and (check_count("fold", config["fold"], minimum=0) >= FOLDS):
         raise ValueError(f"fold must be one of 0-{FOLDS - 1} (the 5×2 protocol); got {config['fold']!r}.")
     if config["max_lr"] < config["base_lr"]:
@@ -114,8 +119,11 @@ def _stored_lr_bounds(out: Path) -> dict:
     return {}
 
 
-def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
-    """Builds, compiles and fits the configured trainer with resume and checkpoint selection; saves the model."""
+def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> tuple[dict, str | None]:
+    """Builds, compiles and fits the configured trainer with resume and checkpoint selection; saves the model.
+
+    Returns the history and why training stopped before its planned epochs (None if it did not).
+    """
     steps_per_epoch = int(train_ds.cardinality())
     with recipe.strategy(config["strategy"]).scope():
         if config["lr_range_test"]:
@@ -131,8 +139,10 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
     monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
                                              eot_samples=config["monitor_eot"], state_dir=out / MONITOR)
     layer = find_pnil(trainer)
+    convergence = [ConvergenceStop(config["patience"], out / HISTORY)] if config["patience"] else []
     callbacks = [
         monitor,
+        *convergence,
         *([PNILStatistics(layer, monitor_data[0])] if layer is not None else []),
         # Two copies: a kill while the latest is being written falls back to the one before.
         keras.callbacks.BackupAndRestore(str(out / BACKUP), double_checkpoint=True),
@@ -146,7 +156,12 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> dict:
     tmp = out / ".model.tmp.keras"  # Keras insists on the suffix
     trainer.save(tmp)
     os.replace(tmp, out / MODEL)
-    return history.history, monitor.collapsed_at is not None
+    if monitor.collapsed_at is not None:
+        return history.history, f"stopped at epoch {monitor.collapsed_at} on catastrophic overfitting"
+    if convergence and convergence[0].stopped_at is not None:
+        return history.history, (f"converged: val_loss not improved for {config['patience']} epochs, "
+                                 f"stopped after epoch {convergence[0].stopped_at}")
+    return history.history, None
 
 
 def _worker_directory(out: Path, strategy: str) -> Path:
@@ -177,9 +192,9 @@ def train_run(config: dict, out, data=None) -> str:
     config = {**config, "n_train": int(len(train_idx)), "validation_indices": val_idx.tolist()}
     monitor = val_idx[: config["monitor_images"]]
     start = time.time()
-    history, stopped_early = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out)
+    history, stop_reason = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out)
     finished = len(report.read_history(out / HISTORY).get("epoch", []))
-    if finished < config["epochs"] and not stopped_early:
+    if finished < config["epochs"] and stop_reason is None:
         raise RunError(f"{out}: training stopped after {finished} of {config['epochs']} epochs; "
                        "not marked finished (run the command again to resume)")
     last = {k: float(v[-1]) for k, v in history.items()}
@@ -188,7 +203,8 @@ def train_run(config: dict, out, data=None) -> str:
                f"{time.time() - start:.0f}s; val clean acc {last.get('val_clean_accuracy', float('nan')):.4f}, "
                f"val adv acc {last.get('val_accuracy', float('nan')):.4f}, "
                f"PGD acc {last.get('pgd_val_accuracy', float('nan')):.4f}; model in {out / MODEL}")
-    atomic_write_json(out / DONE, {"summary": summary})
+    atomic_write_json(out / DONE, {"summary": summary, "epochs": finished,
+                                   "stopped": stop_reason or f"ran the planned {config['epochs']} epochs"})
     return summary
 
 

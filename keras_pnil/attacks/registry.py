@@ -37,8 +37,11 @@ class AttackSpec:
         cost: (budget, EOT draws) → forward-pass equivalents per attacked image.
         options: Keywords fixed whatever the budget.
         gradient_free: Uses only the model's scores (a witness against gradient masking).
-        full_set: Runs on every evaluation image (else on the budget's seeded subset).
+        full_set: Runs on every evaluation image (else on a seeded subset of them).
         seeded: Draws random numbers (from its `seed`); FAB-T, which starts at the image, does not.
+        images_key: The budget field with the size of its subset (unset or None: `spsa_images`).
+        eot_key: The budget field with its own EOT draws (unset or None: `eot_samples`), so that a
+            query-hungry attack can be given fewer draws than PGD.
     """
 
     name: str
@@ -50,11 +53,25 @@ class AttackSpec:
     gradient_free: bool = False
     full_set: bool = True
     seeded: bool = True
+    images_key: str | None = None
+    eot_key: str | None = None
+
+    def subset_size(self, budget: Mapping) -> int:
+        """How many of the budget's `num_images` evaluation images it attacks."""
+        if self.full_set:
+            return budget["num_images"]
+        return min(budget.get(self.images_key or "spsa_images") or budget["spsa_images"], budget["num_images"])
+
+    def eot_for(self, budget: Mapping) -> int | None:
+        """Its EOT draws under `budget` (one that has been resolved for the model: see `evaluation.resolve_eot`)."""
+        if "eot_samples" in self.options:
+            return self.options["eot_samples"]
+        return (budget.get(self.eot_key) if self.eot_key else None) or budget.get("eot_samples")
 
     def options_for(self, budget: Mapping) -> dict:
         """The function's keywords under `budget` (EOT draws included)."""
         chosen = {keyword: budget[key] for key, keyword in self.budget_keys.items() if key in budget}
-        return {"eot_samples": budget.get("eot_samples"), **chosen, **self.options}
+        return {**chosen, **self.options, "eot_samples": self.eot_for(budget)}
 
     def __call__(self, model, x, y, epsilon: float, budget: Mapping, **overrides) -> np.ndarray:
         return self.function(model, x, y, epsilon, **{**self.options_for(budget), **overrides})
@@ -97,7 +114,8 @@ register(AttackSpec("pgd-no-eot", pgd, _PGD_KEYS, lambda b: _pgd_words(b) + " (o
 register(AttackSpec("spsa", spsa, {"spsa_steps": "steps", "spsa_samples": "perturbations",
                                    "spsa_learning_rate": "learning_rate", "spsa_delta": "delta"},
                     lambda b: f"SPSA {b['spsa_steps']} steps × {b['spsa_samples']} samples",
-                    lambda b, eot: b["spsa_steps"] * b["spsa_samples"] * eot, gradient_free=True, full_set=False))
+                    lambda b, eot: b["spsa_steps"] * b["spsa_samples"] * eot, gradient_free=True, full_set=False,
+                    eot_key="spsa_eot_samples"))
 for _loss in ("ce", "dlr"):
     register(AttackSpec(f"apgd-{_loss}", apgd, {"apgd_steps": "steps"},
                         lambda b: f"APGD {b['apgd_steps']} steps", _apgd_cost, options={"loss": _loss}))
@@ -112,10 +130,12 @@ def _fab_cost(b: Mapping, eot: int) -> float:
 
 register(AttackSpec("fab-t", fab_targeted, {"fab_steps": "steps", "target_classes": "targets"},
                     lambda b: f"FAB-T {b['fab_steps']} steps × {b['target_classes']} targets",
-                    _fab_cost, full_set=False, seeded=False))
+                    _fab_cost, full_set=False, seeded=False, images_key="autoattack_images",
+                    eot_key="autoattack_eot_samples"))
 register(AttackSpec("square", square, {"square_queries": "queries"},
                     lambda b: f"Square {b['square_queries']} queries",
-                    lambda b, eot: b["square_queries"] * eot, gradient_free=True, full_set=False))
+                    lambda b, eot: b["square_queries"] * eot, gradient_free=True, full_set=False,
+                    images_key="square_images", eot_key="square_eot_samples"))
 
 
 def _autoattack_words(b: Mapping) -> str:
@@ -132,4 +152,5 @@ def _autoattack_cost(b: Mapping, eot: int) -> float:
 
 register(AttackSpec("autoattack", autoattack, {"apgd_steps": "steps", "square_queries": "queries",
                                                "target_classes": "targets", "fab_steps": "fab_steps"},
-                    _autoattack_words, _autoattack_cost, full_set=False))
+                    _autoattack_words, _autoattack_cost, full_set=False, images_key="autoattack_images",
+                    eot_key="autoattack_eot_samples"))
