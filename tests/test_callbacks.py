@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_pnil as kp
-from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, PNILStatistics
+from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, ConvergenceStop, PNILStatistics
 
 EPS = 0.1
 
@@ -97,3 +97,31 @@ def test_the_monitor_traces_its_attack_once_for_all_epochs(mnist):
     trainer.fit(x[:200], y[:200], epochs=3, verbose=0, callbacks=[monitor])
     graphs = [fn for fn, _ in vars(trainer)["_keras_pnil_attack_graphs"].values()]
     assert len(graphs) == 1 and graphs[0].experimental_get_tracing_count() == 1
+
+
+def _feed(stop, losses, first_epoch=0):
+    """Epoch ends with these validation losses; the epoch (1-based) it stopped after, or None."""
+    for epoch, loss in enumerate(losses, first_epoch):
+        stop.on_epoch_end(epoch, {"val_loss": loss})
+        if stop.stopped_at:
+            return stop.stopped_at
+    return None
+
+
+def test_convergence_stop_waits_patience_epochs_after_the_lowest_loss_even_across_sessions(tmp_path):
+    losses = [1.0, 0.8, 0.85, 0.79, 0.80, 0.81, 0.795, 0.9, 0.7]
+    stop = ConvergenceStop(4)
+    stop.set_model(keras.Sequential())
+    stop.on_train_begin()
+    assert _feed(stop, losses) == 8 and stop.model.stop_training  # best 0.79 at epoch 4, four epochs without a new low
+    # A run killed after epoch 5 and resumed: the epochs in its history count, so it stops at the same epoch.
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,val_loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(losses[:5])))
+    resumed = ConvergenceStop(4, history)
+    resumed.set_model(keras.Sequential())
+    resumed.on_train_begin()
+    assert _feed(resumed, losses[5:], first_epoch=5) == 8
+    fresh = ConvergenceStop(4, tmp_path / "absent.csv")  # a new run has no history yet
+    fresh.set_model(keras.Sequential())
+    fresh.on_train_begin()
+    assert _feed(fresh, losses[5:], first_epoch=5) is None

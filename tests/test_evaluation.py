@@ -61,3 +61,45 @@ def test_pnil_structure_compares_sigma_with_its_initial_value(trained_pair, mnis
     structure = kp.evaluation.pnil_structure(model.get_layer("pnil"), xt[:20])
     assert structure["init_sigma_object"] == pytest.approx(np.exp(-2.5), rel=1e-4)
     assert structure["sigma_background"] == pytest.approx(np.exp(-0.5), rel=0.05)
+
+
+def test_each_attack_gets_its_own_nested_subset_and_eot_draws(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    budget = dict(TINY, square_images=60, square_eot_samples=2, spsa_eot_samples=1, eot_samples=3)
+    result = kp.robustness(trained_pair[True], xt[:80], yt[:80], 8 / 255, attacks=("pgd", "spsa", "square"), seed=1,
+                           checks=False, progress=lambda m: None, **budget)
+    assert len(result.subset_indices) == 40  # the smallest subset: the images every attack ran on
+    rows = {r["attack"]: r for r in kp.report.result_rows("m", "mnist", result.to_dict())}
+    assert (rows["pgd"]["n_images"], rows["spsa"]["n_images"], rows["square"]["n_images"]) == (80, 40, 60)
+    assert (rows["pgd"]["eot_samples"], rows["spsa"]["eot_samples"], rows["square"]["eot_samples"]) == (3, 1, 2)
+    described = result.budget.describe()
+    assert "Square 200 queries on 60 of them (EOT 2)" in described and "on 40 of them (EOT 1)" in described
+    # A deterministic model gets no EOT from any attack, whatever the budget asks of random ones.
+    plain = kp.robustness(trained_pair[False], xt[:80], yt[:80], 8 / 255, attacks=("square",), seed=1,
+                          checks=False, progress=lambda m: None, **budget)
+    assert plain.budget.eot_samples == 1 and plain.budget.square_eot_samples is None
+    # The nested subsets cost what they attack: Square on 60 images at EOT 2 counts 60 × 200 × 2 queries.
+    cost = kp.evaluation.cost_units(dict(budget, num_images=80), 3, ("square",))
+    assert cost - kp.evaluation.cost_units(dict(budget, num_images=80), 3, ()) == pytest.approx(60 * 200 * 2 - 40 * 200 * 2)
+
+
+def test_sign_consistency_is_one_for_agreeing_batches_and_one_over_root_t_for_noise():
+    constant = np.tile([[0.3, -2.0, 0.0]], (50, 1))
+    np.testing.assert_allclose(kp.evaluation.sign_consistency(constant), [1.0, 1.0, 0.0])
+    noise = np.random.default_rng(0).normal(size=(400, 2000))
+    # E|Σg| / Σ|g| = 1/√T for independent symmetric pushes: 0.05 at T = 400 (2,000 parameters average it).
+    assert kp.evaluation.sign_consistency(noise).mean() == pytest.approx(1 / np.sqrt(400), rel=0.05)
+
+
+def test_pnil_gradients_show_the_loss_pushing_loud_noise_down_consistently(trained_pair, mnist, with_noise):
+    (x, y), _ = mnist
+    quiet, loud = (kp.adversarial(with_noise(trained_pair[True], b), "nfgsm", 8 / 255) for b in (-5.0, 1.0))
+    stats = {name: kp.evaluation.pnil_gradients(t, x[:2000], y[:2000]) for name, t in (("quiet", quiet), ("loud", loud))}
+    assert stats["loud"]["batches"] == 20 and stats["loud"]["pure_noise_consistency"] == pytest.approx(20 ** -0.5)
+    noise = stats["loud"]["pure_noise_consistency"]
+    # σ ≈ 1.6 drowns the digit: the batches agree on asking for less noise where digits are (dL/dB > 0),
+    # far more than independent pushes would (1/√20 = 0.22).
+    assert stats["loud"]["object_B"]["mean"] > 0 and stats["loud"]["object_B"]["consistency"] > 2 * noise
+    # σ ≈ 0.08 barely matters: B's pull is orders of magnitude weaker and hardly more consistent than noise.
+    assert stats["quiet"]["object_B"]["mean_abs"] < 0.1 * stats["loud"]["object_B"]["mean_abs"]
+    assert stats["quiet"]["object_B"]["consistency"] < 1.5 * noise

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_pnil import runs
+from keras_pnil import recipe, runs
+from keras_pnil.layers import DEFAULT_BIAS, find_pnil
 
 
 @pytest.mark.parametrize("options, message", [
@@ -26,6 +27,8 @@ from keras_pnil import runs
     ({"method": "trades"}, "Unknown training method 'trades'"),
     ({"learning_rate": 0.1}, r"Unknown training option\(s\) \['learning_rate'\]"),
     ({"method": "nfgsm", "eot_samples": 0}, "eot_samples must be an integer >= 1; got 0"),
+    ({"pnil_bias": -30}, r"pnil_bias \(the PNIL's initial B, a log-variance\) must be a number in \[-20.0, 4.0\]; got -30"),
+    ({"patience": 0}, "patience must be an integer >= 1; got 0"),
 ])
 def test_training_config_names_each_bad_option(options, message):
     with pytest.raises(ValueError, match=message):
@@ -81,6 +84,25 @@ def test_the_last_checkpoint_keeps_the_final_weights_and_marks_the_run_done(tmp_
     assert stored["architecture"] == "wong_mnist" and model.name == "wong_mnist"
     with pytest.raises(ValueError, match="Unknown checkpoint 'middle'"):
         runs.training_config({"checkpoint": "middle"})
+
+
+def test_training_to_convergence_stops_once_the_validation_loss_stalls(tmp_path, mnist):
+    # A learning rate too small to change a float32 weight: the deterministic FGSM validation loss repeats
+    # exactly, so with patience 1 the run has converged after its second epoch, well before the fifth.
+    config = runs.training_config({"architecture": "wong_mnist", "base_lr": 1e-12, "max_lr": 1e-12, "epochs": 5,
+                                   "patience": 1, "train_size": 200, "validation_size": 100, "monitor_images": 10,
+                                   "method": "fgsm"})
+    runs.train_run(config, tmp_path / "run", mnist)
+    done = json.loads((tmp_path / "run" / runs.DONE).read_text())
+    assert done["epochs"] == 2 and done["stopped"].startswith("converged: val_loss not improved for 1 epochs")
+    assert runs.is_finished(tmp_path / "run")
+
+
+def test_the_pnil_starts_at_the_initial_bias_asked_for():
+    trainer = recipe.build_trainer(runs.training_config({"pnil": True, "pnil_bias": -2.0}))
+    np.testing.assert_array_equal(find_pnil(trainer).bias.numpy(), -2.0)
+    default = recipe.build_trainer(runs.training_config({"pnil": True}))
+    np.testing.assert_array_equal(find_pnil(default).bias.numpy(), DEFAULT_BIAS)
 
 
 def _free_ports(count: int) -> list[int]:
