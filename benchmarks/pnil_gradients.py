@@ -12,7 +12,6 @@ the run's steps. Usage:
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

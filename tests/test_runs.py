@@ -27,7 +27,7 @@ from keras_pnil.layers import DEFAULT_BIAS, find_pnil
     ({"method": "trades"}, "Unknown training method 'trades'"),
     ({"learning_rate": 0.1}, r"Unknown training option\(s\) \['learning_rate'\]"),
     ({"method": "nfgsm", "eot_samples": 0}, "eot_samples must be an integer >= 1; got 0"),
-    ({"pnil_bias": -30}, r"pnil_bias \(the PNIL's initial B, a log-variance\) must be a number in \[-20.0, 4.0\]; got -30"),
+    ({"pnil_bias": -30}, r"pnil_bias \(the PNIL's initial B, a log-variance\) must be a number in \[-20.0, 4.0\]"),
     ({"patience": 0}, "patience must be an integer >= 1; got 0"),
 ])
 def test_training_config_names_each_bad_option(options, message):
