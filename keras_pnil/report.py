@@ -326,6 +326,31 @@ def plot_training_curves(histories: dict, path, title: str) -> Path:
     return path
 
 
+def plot_pnil_history(histories: dict, path, title: str) -> Path | None:
+    """Per-epoch noise σ of the PNIL runs among `histories` on object (solid) and background (dashed) pixels:
+    whether, and when, the layer learns Figure 1's structure. None if no run logged it."""
+    logged = {label: h for label, h in ((label, read_history(p)) for label, p in histories.items())
+              if "pnil_sigma_object" in h}
+    if not logged:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (label, history) in enumerate(logged.items()):
+        color, epochs = plt.get_cmap("tab10")(i % 10), range(1, len(history["pnil_sigma_object"]) + 1)
+        ax.plot(epochs, history["pnil_sigma_object"], marker="o", color=color, label=f"{label}: object")
+        ax.plot(epochs, history["pnil_sigma_background"], ls="--", marker=".", color=color,
+                label=f"{label}: background")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean noise σ")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def structure_markdown(structure: dict) -> str:
     """The learned PNIL's noise σ on object and background pixels against its initial σ."""
     lines = ["| run | σ object | σ background | background / object | initial σ (object / background) "

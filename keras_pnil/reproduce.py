@@ -138,7 +138,8 @@ class FigureCache:
     """Figure data in `<runs>/figures.json`, written atomically, so a resumed suite skips finished curves."""
 
     def __init__(self, path: Path, settings: dict):
-        self.path, self.settings = path, settings
+        # Keyed by what the cached curves depend on: the training curves are drawn from the histories.
+        self.path, self.settings = path, {k: v for k, v in settings.items() if k != "training_curves"}
         stored = json.loads(path.read_text()) if path.exists() else {}
         self.values = stored.get("values", {}) if stored.get("settings") == settings else {}
 
@@ -181,6 +182,9 @@ def _plot_dataset(dataset: str, epsilon: float, curves: dict, histories: dict, s
     if settings.get("training_curves"):
         paths.append(report.plot_training_curves(histories, results_dir / f"training_{dataset}.png",
                                                  f"{dataset}, ε={epsilon:.4g}: per-epoch accuracy"))
+        sigma = report.plot_pnil_history(histories, results_dir / f"pnil_sigma_{dataset}.png",
+                                         f"{dataset}, ε={epsilon:.4g}: PNIL noise per epoch")
+        paths += [sigma] if sigma else []
     return paths
 
 

@@ -44,3 +44,13 @@ def test_figures_are_written(trained_pair, tmp_path, mnist):
 def test_collapse_epoch_is_the_first_big_fall():
     assert report.collapse_epoch([0.5, 0.6, 0.3, 0.1]) == 3
     assert report.collapse_epoch([0.5, 0.45, 0.4]) is None
+
+
+def test_pnil_noise_curves_are_drawn_only_for_runs_that_logged_them(tmp_path):
+    pnil, plain = tmp_path / "pnil.csv", tmp_path / "plain.csv"
+    pnil.write_text("epoch,pnil_sigma_object,pnil_sigma_background\n0,0.08,0.08\n1,0.05,0.09\n")
+    plain.write_text("epoch,val_loss\n0,0.3\n1,0.2\n")
+    assert report.plot_pnil_history({"baseline": plain}, tmp_path / "none.png", "t") is None
+    path = report.plot_pnil_history({"baseline": plain, "PNIL": pnil}, tmp_path / "sigma.png", "t")
+    assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "none.png").exists()
