@@ -132,12 +132,13 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, seed: in
 
     Attacks are names from `keras_pnil.attacks.ATTACKS` ("pgd", "spsa",
     "apgd-ce", "apgd-dlr", "square", "autoattack", "pgd-no-eot"). Gradient
-    attacks run on all of `x`; the others (and the worst case) on a seeded
-    random subset of `spsa_images` images, whose indices are returned. Keyword
-    options set the `Budget` (pgd_steps, spsa_samples, apgd_steps,
-    square_queries, eot_samples, ...). Whether the model is random is judged
-    by calling it twice on the same images: a random model is attacked with
-    EOT (`eot_samples`, default 20), a deterministic one without; a model
+    attacks run on all of `x`; the others on nested seeded subsets
+    (`spsa_images`, `square_images`, `autoattack_images`), and the worst case on
+    the smallest, whose indices are returned. Keyword options set the `Budget`
+    (pgd_steps, spsa_samples, apgd_steps, square_queries, eot_samples, ...).
+    Whether the model is random is judged by calling it twice on the same
+    images: a random model is attacked with EOT (`eot_samples`, default 20, or
+    an attack's own `*_eot_samples`), a deterministic one without; a model
     whose outputs are probabilities is attacked through their logarithms.
     """
     specs = [get_attack(name) for name in attacks]  # unknown names fail before any work is done
