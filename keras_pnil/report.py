@@ -374,7 +374,8 @@ def timings_markdown(timings: dict) -> str:
 
 
 def training_columns(specs, histories: dict, timings: dict) -> dict:
-    """Per run: training seconds, cost relative to the same data set's clean run, collapse epochs.
+    """Per run: epochs trained (and the lowest adversarial validation loss's, the checkpoint a `best` run keeps),
+    training seconds, cost relative to the same data set's clean run, collapse epochs.
 
     `histories` maps each run's name to its per-epoch log (`history.csv`).
     """
@@ -383,7 +384,9 @@ def training_columns(specs, histories: dict, timings: dict) -> dict:
     for spec in specs:
         seconds = timings.get(f"train/{spec.name}")  # recorded only by the session that trained the run
         history = read_history(histories[spec.name])
-        row = {"train s": f"{seconds:.0f}" if seconds else "–",
+        losses = history.get("val_loss", [])
+        row = {"epochs": f"{len(losses)} (best {int(np.argmin(losses)) + 1})" if losses else "–",
+               "train s": f"{seconds:.0f}" if seconds else "–",
                "× clean": f"{seconds / clean[spec.dataset]:.2f}" if seconds and clean.get(spec.dataset) else "–",
                "collapse (epoch)": collapse_epoch(history.get("pgd_val_accuracy", [])) or "none"}
         if "pgd_no_eot_val_accuracy" in history:

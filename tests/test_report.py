@@ -54,3 +54,13 @@ def test_pnil_noise_curves_are_drawn_only_for_runs_that_logged_them(tmp_path):
     path = report.plot_pnil_history({"baseline": plain, "PNIL": pnil}, tmp_path / "sigma.png", "t")
     assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "none.png").exists()
+
+
+def test_training_columns_say_how_many_epochs_ran_and_which_was_best(tmp_path):
+    from keras_pnil.reproduce import RunSpec
+
+    spec = RunSpec("mnist", "nfgsm", True, 0)
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,val_loss\n0,0.5\n1,0.3\n2,0.35\n3,0.31\n4,0.4\n")
+    row = report.training_columns([spec], {spec.name: history}, {f"train/{spec.name}": 42.0})[spec.name]
+    assert row["epochs"] == "5 (best 2)" and row["train s"] == "42"
