@@ -54,18 +54,20 @@ class ConvergenceStop(keras.callbacks.Callback):
     """Stops training once `monitor` (default: the adversarial validation loss) has not reached a new low for
     `patience` epochs: the paper's "trained to convergence" as a rule.
 
+    A new low must lie more than `min_delta` (a fraction of the best so far) below the best: with a cyclical
+    learning rate the loss dips a little at every trough of the rate long after it has stopped improving.
     Unlike Keras' `EarlyStopping`, it counts the epochs of earlier sessions of the same run (read from its
     `history` CSV), so a killed and resumed run stops where an uninterrupted one would. `stopped_at` is the
     1-based epoch it stopped after, or None.
     """
 
-    def __init__(self, patience: int, history=None, monitor: str = "val_loss"):
+    def __init__(self, patience: int, history=None, monitor: str = "val_loss", min_delta: float = 0.0):
         super().__init__()
-        self.patience, self.history, self.monitor = patience, history, monitor
+        self.patience, self.history, self.monitor, self.min_delta = patience, history, monitor, min_delta
         self.best, self.wait, self.stopped_at = math.inf, 0, None
 
     def _update(self, value: float) -> None:
-        if value < self.best:
+        if value < self.best * (1 - self.min_delta):
             self.best, self.wait = value, 0
         else:
             self.wait += 1

@@ -174,6 +174,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=COUNT,
                    help="train to convergence: stop once the adversarial validation loss has not improved for "
                         "this many epochs (--epochs is then the most)")
+    p.add_argument("--min-delta", type=float,
+                   help="with --patience: a new low must lie this fraction below the best (default 0)")
     p.add_argument("--pgd-early-stop", action="store_true",
                    help="PGD training: step only the images still classified right (Wong et al.'s MNIST PGD)")
     p.add_argument("--monitor-images", type=COUNT, help="validation images for the per-epoch PGD check (default 200)")

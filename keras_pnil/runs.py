@@ -38,7 +38,7 @@ TRAIN_DEFAULTS = {
     "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
     "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "pgd_early_stop": False,
     "monitor_images": 200, "monitor_eot": 4, "early_stop": False, "checkpoint": "best", "pnil_lr_multiplier": 1.0,
-    "pnil_bias": DEFAULT_BIAS, "patience": None,
+    "pnil_bias": DEFAULT_BIAS, "patience": None, "min_delta": 0.0,
 }
 # "best": restore the weights of the lowest adversarial validation loss (the paper); "last": keep the final
 # weights, as Wong et al. do, so that a collapse at the end of training shows in the evaluated model.
@@ -79,6 +79,9 @@ def training_config(options: dict) -> dict:
     for key in (k for k in (*_POSITIVE, "alpha") if config[k] is not None):
         check_positive(key, config[key])
     check_count("seed", config["seed"], minimum=0)
+    if not (isinstance(config["min_delta"], int | float) and 0 <= config["min_delta"] < 1):
+        raise ValueError(f"min_delta (the fraction a new low must lie below the best) must be in [0, 1); "
+                         f"got {config['min_delta']!r}.")
     low, high = LOG_VARIANCE_RANGE
     if not (isinstance(config["pnil_bias"], int | float) and low <= config["pnil_bias"] <= high):
         raise ValueError(f"pnil_bias (the PNIL's initial B, a log-variance) must be a number in [{low}, {high}]; "
@@ -139,7 +142,8 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> tuple[dict,
     monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
                                              eot_samples=config["monitor_eot"], state_dir=out / MONITOR)
     layer = find_pnil(trainer)
-    convergence = [ConvergenceStop(config["patience"], out / HISTORY)] if config["patience"] else []
+    convergence = ([ConvergenceStop(config["patience"], out / HISTORY, min_delta=config["min_delta"])]
+                   if config["patience"] else [])
     callbacks = [
         monitor,
         *convergence,
@@ -159,8 +163,8 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> tuple[dict,
     if monitor.collapsed_at is not None:
         return history.history, f"stopped at epoch {monitor.collapsed_at} on catastrophic overfitting"
     if convergence and convergence[0].stopped_at is not None:
-        return history.history, (f"converged: val_loss not improved for {config['patience']} epochs, "
-                                 f"stopped after epoch {convergence[0].stopped_at}")
+        return history.history, (f"converged: val_loss not improved (by more than {config['min_delta']:.0%}) for "
+                                 f"{config['patience']} epochs, stopped after epoch {convergence[0].stopped_at}")
     return history.history, None
 
 

@@ -125,3 +125,8 @@ def test_convergence_stop_waits_patience_epochs_after_the_lowest_loss_even_acros
     fresh.set_model(keras.Sequential())
     fresh.on_train_begin()
     assert _feed(fresh, losses[5:], first_epoch=5) is None
+    # With min_delta 5%, 0.79 is no new low after 0.8: it stops four epochs after epoch 2.
+    tolerant = ConvergenceStop(4, min_delta=0.05)
+    tolerant.set_model(keras.Sequential())
+    tolerant.on_train_begin()
+    assert _feed(tolerant, losses) == 6

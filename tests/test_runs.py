@@ -29,6 +29,7 @@ from keras_pnil.layers import DEFAULT_BIAS, find_pnil
     ({"method": "nfgsm", "eot_samples": 0}, "eot_samples must be an integer >= 1; got 0"),
     ({"pnil_bias": -30}, r"pnil_bias \(the PNIL's initial B, a log-variance\) must be a number in \[-20.0, 4.0\]"),
     ({"patience": 0}, "patience must be an integer >= 1; got 0"),
+    ({"min_delta": 1.5}, r"min_delta \(the fraction a new low must lie below the best\) must be in \[0, 1\); got 1.5"),
 ])
 def test_training_config_names_each_bad_option(options, message):
     with pytest.raises(ValueError, match=message):
@@ -95,7 +96,8 @@ def test_training_to_convergence_stops_once_the_validation_loss_stalls(tmp_path,
     runs.train_run(config, tmp_path / "run", mnist)
     done = json.loads((tmp_path / "run" / runs.DONE).read_text())
     losses = report.read_history(tmp_path / "run" / runs.HISTORY)["val_loss"]
-    assert done["epochs"] == len(losses) < 10 and done["stopped"].startswith("converged: val_loss not improved for 1")
+    assert done["epochs"] == len(losses) < 10
+    assert done["stopped"].startswith("converged: val_loss not improved (by more than 0%) for 1 epochs")
     assert losses[-1] >= min(losses[:-1]) and losses[:-1] == sorted(losses[:-1], reverse=True)  # first stall: stop
     assert runs.is_finished(tmp_path / "run")
 
