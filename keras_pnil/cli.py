@@ -352,6 +352,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs/reproduce", help="where runs and evaluations go (resumed from)")
     p.add_argument("--results", default="docs/results", help="where the tables, figures and summary go")
     p.add_argument("--estimate-only", action="store_true", help="print the estimated cost and stop")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and attack nothing: write the tables and summary of the runs finished so far")
     p.add_argument("--debug", action="store_true", help="show a traceback for errors")
     return p
 
@@ -363,6 +365,10 @@ def reproduce_main(argv=None) -> int:
     budget = args.budget or suite.get("default_budget", "quick")
     datasets = args.datasets.split(",") if args.datasets else suite.get("default_datasets")
     specs = reproduce.grid(suite, budget, datasets)
+    if args.report_only:
+        reproduce.run_suite(suite, budget, datasets, args.runs, args.results, args.data_dir, Path(args.suite).stem,
+                            report_only=True)
+        return 0
     throughput = {d: reproduce.forward_throughput(d, suite["datasets"][d].get("architecture"))
                   for d in dict.fromkeys(s.dataset for s in specs)}
     seconds = reproduce.estimate_cost(suite, budget, specs, throughput)

@@ -396,8 +396,9 @@ def training_columns(specs, histories: dict, timings: dict) -> dict:
 
 
 def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dict, tables: dict, specs,
-                  histories: dict) -> str:
-    """The Markdown summary a reproduce run writes next to its tables and figures."""
+                  histories: dict, planned: int | None = None) -> str:
+    """The Markdown summary a reproduce run writes next to its tables and figures (`planned`: the grid's size,
+    when only some of its runs are reported)."""
     datasets = ",".join(dict.fromkeys(s.dataset for s in specs))
     settings = suite["budgets"][budget]
     parts = [
@@ -407,6 +408,9 @@ def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dic
         f" on {datetime.date.today().isoformat()}; device: {_device()}. Wall time: {timings_markdown(timings)}.\n",
         f"Budget: {settings['about']}\n",
     ]
+    if planned is not None and planned > len(specs):
+        parts.append(f"**PARTIAL**: the {len(specs)} of the grid's {planned} runs trained and evaluated so far "
+                     f"(`--report-only`); the suite resumes with the rest.\n")
     if suite.get("report", "table1") == "table1":
         parts += ["## Table 1\n", Path(tables["md"]).read_text()]
     parts += [

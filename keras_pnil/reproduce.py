@@ -137,13 +137,16 @@ def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: di
 class FigureCache:
     """Figure data in `<runs>/figures.json`, written atomically, so a resumed suite skips finished curves."""
 
-    def __init__(self, path: Path, settings: dict):
+    def __init__(self, path: Path, settings: dict, compute: bool = True):
         # Keyed by what the cached curves depend on: the training curves are drawn from the histories.
         self.path, self.settings = path, {k: v for k, v in settings.items() if k != "training_curves"}
+        self.compute = compute  # False: only what is cached (None for the rest)
         stored = json.loads(path.read_text()) if path.exists() else {}
         self.values = stored.get("values", {}) if stored.get("settings") == settings else {}
 
     def get(self, key: str, compute):
+        if key not in self.values and not self.compute:
+            return None
         if key not in self.values:
             self.values[key] = compute()
             atomic_write_json(self.path, {"settings": self.settings, "values": self.values})
@@ -188,10 +191,11 @@ def _plot_dataset(dataset: str, epsilon: float, curves: dict, histories: dict, s
     return paths
 
 
-def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache: dict) -> dict:
-    """Figures from the first fold's models, and how much structure each PNIL learned."""
+def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache: dict, compute: bool = True) -> dict:
+    """Figures from the first fold's models, and how much structure each PNIL learned (`compute=False`:
+    Figures 4 and 5 only from curves computed before)."""
     settings = suite["budgets"][budget]["figures"]
-    cache = FigureCache(runs_dir / "figures.json", settings)
+    cache = FigureCache(runs_dir / "figures.json", settings, compute)
     first_fold = suite["budgets"][budget]["folds"][0]
     structure, paths = {}, []
     for dataset in dict.fromkeys(s.dataset for s in specs):
@@ -200,7 +204,8 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
         for spec in chosen:
             config, model = runs.load_run(runs_dir / spec.name)
             x, y = runs.evaluation_images(config, data_cache[dataset], settings["images"], seed=1)
-            curves[_label(spec)] = _run_curves(spec, model, x, y, config["epsilon"], settings, cache)
+            curves[_label(spec)] = {k: v for k, v in _run_curves(spec, model, x, y, config["epsilon"], settings,
+                                                                 cache).items() if v is not None}
             layer = find_pnil(model)
             if layer is not None:
                 structure[spec.name] = evaluation.pnil_structure(layer, x)
@@ -219,10 +224,27 @@ def _timed(timings: dict, key: str, fn):
     return value
 
 
+def _stored_records(suite: dict, budget: str, specs, runs_dir: Path) -> tuple[list, list]:
+    """The runs of `specs` finished and evaluated for `budget` so far, and their records (nothing is computed)."""
+    done = [(spec, runs.evaluate_run(runs_dir / spec.name, suite_attacks(suite, budget),
+                                     suite["budgets"][budget]["evaluate"], runs_dir / "evaluation", {},
+                                     reuse=True, stored_only=True, label=spec.method)) for spec in specs]
+    done = [(spec, record) for spec, record in done if record is not None]
+    return [spec for spec, _ in done], [record for _, record in done]
+
+
 def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce", results_root="docs/results",
-              data_dir=None, suite_name: str = "table1") -> Path:
-    """Trains, evaluates and reports the suite's grid; returns the summary's path. Safe to rerun."""
+              data_dir=None, suite_name: str = "table1", report_only: bool = False) -> Path:
+    """Trains, evaluates and reports the suite's grid; returns the summary's path. Safe to rerun.
+
+    With `report_only`, trains and attacks nothing: the tables, figures and summary are those of the runs
+    finished and evaluated so far (Figures 4 and 5 as far as computed before), marked partial, while the
+    suite itself may still be running elsewhere.
+    """
     specs = grid(suite, budget, datasets)
+    if report_only:
+        return _report(suite, budget, specs, Path(runs_root) / suite_name / budget,
+                       Path(results_root) / suite_name / budget, data_dir)
     runs_dir, results_dir = Path(runs_root) / suite_name / budget, Path(results_root) / suite_name / budget
     for path in (runs_dir, results_dir):
         path.mkdir(parents=True, exist_ok=True)
@@ -247,9 +269,27 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
         atomic_write_json(timings_path, timings)
     figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))
     atomic_write_json(timings_path, timings)
+    return _write_summary(suite, budget, specs, records, figures, timings, runs_dir, results_dir)
+
+
+def _report(suite: dict, budget: str, specs, runs_dir: Path, results_dir: Path, data_dir) -> Path:
+    """The summary of the runs finished so far (see `run_suite`'s `report_only`)."""
+    done, records = _stored_records(suite, budget, specs, runs_dir)
+    if not done:
+        raise SuiteError(f"no run of suite {suite['path']} has been trained and evaluated for budget {budget!r} "
+                         f"under {runs_dir} yet")
+    data_cache = {d: data.load_dataset(d, data_dir) for d in dict.fromkeys(s.dataset for s in done)}
+    figures = _figures(suite, budget, done, runs_dir, results_dir, data_cache, compute=False)
+    timings_path = runs_dir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    return _write_summary(suite, budget, done, records, figures, timings, runs_dir, results_dir, len(specs))
+
+
+def _write_summary(suite, budget, specs, records, figures, timings, runs_dir: Path, results_dir: Path,
+                   planned: int | None = None) -> Path:
     tables = report.write_tables(records, results_dir)
     histories = {s.name: runs_dir / s.name / runs.HISTORY for s in specs}
-    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs, histories)
+    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs, histories, planned)
     path = results_dir / "summary.md"
     atomic_write_text(path, summary)
     print(summary)

@@ -282,19 +282,22 @@ def _with_results(record: dict, result: dict) -> dict:
 
 
 def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: float | None = None,
-                 seed: int = 0, data_dir=None, reuse: bool = False, label: str | None = None) -> dict:
+                 seed: int = 0, data_dir=None, reuse: bool = False, label: str | None = None,
+                 stored_only: bool = False) -> dict | None:
     """Evaluates one training run on images it neither trained nor validated on (see `evaluate_model`).
 
     Returns the run's Table 1 record. With `reuse`, a result file written for
     the same attacks, budget, ε and seed is read back instead of recomputed
     (how suites resume). `label` names the training method in the record
-    (default: the run's method), for suites that vary its options.
+    (default: the run's method), for suites that vary its options. With
+    `stored_only`, nothing is computed: None unless a result can be read back.
     """
     run, out = Path(run), Path(out)
     request = {"attacks": list(attacks), "budget": budget, "epsilon": epsilon, "seed": seed}
     reused = reused_record(out / f"{run.name}.json", request, attacks) if reuse else None
-    if reused is not None:
-        print(f"== {run}: evaluated earlier with the same budget, read back from {out / f'{run.name}.json'}")
+    if reused is not None or stored_only:
+        if reused is not None:
+            print(f"== {run}: evaluated earlier with the same budget, read back from {out / f'{run.name}.json'}")
         return reused
     config, model = load_run(run)
     dataset = config["dataset"]

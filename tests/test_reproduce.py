@@ -92,3 +92,10 @@ def test_reproduce_writes_tables_and_figures_and_resumes(suite_file, tmp_path, d
     stamps.update({p: p.stat().st_mtime_ns for p in (runs / "evaluation").glob("*.json")})
     run()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 6
+    # --report-only: the runs evaluated so far, computing nothing (a missing evaluation stays missing).
+    (runs / "evaluation" / "mnist-nfgsm-pnil-fold3.json").unlink()
+    reproduce.run_suite(reproduce.load_suite(str(suite_file)), "tiny", ["mnist"], tmp_path / "runs",
+                        tmp_path / "results", str(data_dir), "tiny", report_only=True)
+    partial = (results / "summary.md").read_text()
+    assert "**PARTIAL**: the 2 of the grid's 3 runs" in partial and "| mnist-nfgsm-pnil-fold3 |" not in partial
+    assert not (runs / "evaluation" / "mnist-nfgsm-pnil-fold3.json").exists()
