@@ -334,7 +334,7 @@ def plot_pnil_history(histories: dict, path, title: str) -> Path | None:
     if not logged:
         return None
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     for i, (label, history) in enumerate(logged.items()):
         color, epochs = plt.get_cmap("tab10")(i % 10), range(1, len(history["pnil_sigma_object"]) + 1)
         ax.plot(epochs, history["pnil_sigma_object"], marker="o", color=color, label=f"{label}: object")
@@ -344,7 +344,7 @@ def plot_pnil_history(histories: dict, path, title: str) -> Path | None:
     ax.set_ylabel("mean noise σ")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: the curves fill the axes
     ax.set_title(title)
     path = _save(fig, path)
     plt.close(fig)
