@@ -200,6 +200,8 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
     structure, paths = {}, []
     for dataset in dict.fromkeys(s.dataset for s in specs):
         chosen = [s for s in specs if s.dataset == dataset and s.fold == first_fold]
+        if not chosen:  # a partial report before any of the data set's first-fold runs finished
+            continue
         curves = {}
         for spec in chosen:
             config, model = runs.load_run(runs_dir / spec.name)
@@ -249,7 +251,7 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
     for path in (runs_dir, results_dir):
         path.mkdir(parents=True, exist_ok=True)
     timings_path = runs_dir / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    timings = _read_timings(timings_path)
     settings, data_cache, records = suite["budgets"][budget], {}, []
     for i, spec in enumerate(specs, 1):
         print(f"### [{i}/{len(specs)}] {spec.name}", flush=True)
@@ -280,9 +282,12 @@ def _report(suite: dict, budget: str, specs, runs_dir: Path, results_dir: Path, 
                          f"under {runs_dir} yet")
     data_cache = {d: data.load_dataset(d, data_dir) for d in dict.fromkeys(s.dataset for s in done)}
     figures = _figures(suite, budget, done, runs_dir, results_dir, data_cache, compute=False)
-    timings_path = runs_dir / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    return _write_summary(suite, budget, done, records, figures, timings, runs_dir, results_dir, len(specs))
+    return _write_summary(suite, budget, done, records, figures, _read_timings(runs_dir / "timings.json"),
+                          runs_dir, results_dir, len(specs))
+
+
+def _read_timings(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _write_summary(suite, budget, specs, records, figures, timings, runs_dir: Path, results_dir: Path,
