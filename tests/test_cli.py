@@ -144,3 +144,16 @@ def test_a_full_disk_is_one_line_and_earlier_results_stay(trained_pair, tmp_path
     assert code == 1 and err == [f"error: cannot write {out / 'a.json'}: No space left on device"]
     assert (out / "a.json").read_text() == "earlier results"
     assert [p.name for p in out.iterdir()] == ["a.json"]
+
+
+def test_the_new_budget_and_training_flags_reach_their_settings():
+    args = cli.evaluate_parser().parse_args(["run", "--out", "o", "--square-images", "200", "--autoattack-images",
+                                             "500", "--spsa-eot-samples", "1", "--square-eot-samples", "2",
+                                             "--autoattack-eot-samples", "3"])
+    budget = cli._budget(args)
+    assert (budget["square_images"], budget["autoattack_images"]) == (200, 500)
+    assert (budget["spsa_eot_samples"], budget["square_eot_samples"], budget["autoattack_eot_samples"]) == (1, 2, 3)
+    options = vars(cli.train_parser().parse_args(["--out", "o", "--patience", "4", "--min-delta", "0.02",
+                                                   "--pnil-bias", "-1"]))
+    assert {k: options[k] for k in ("patience", "min_delta", "pnil_bias")} == {"patience": 4, "min_delta": 0.02,
+                                                                             "pnil_bias": -1.0}
