@@ -81,7 +81,8 @@ class Budget:
     square_eot_samples: int | None = None
     autoattack_eot_samples: int | None = None
     accuracy_draws: int = 10
-    epochs: int | None = None
+    epochs: int | None = None  # the training run's planned epochs, stated beside the numbers
+    patience: int | None = None  # set when training stopped at convergence: `epochs` is then its cap
     attacks: tuple = ("pgd", "spsa")
 
     def is_paper_protocol(self) -> bool:
@@ -104,8 +105,15 @@ class Budget:
         if "square" not in self.attacks:
             parts.append(f"Square {self.square_queries} queries (masking witness)")
         parts.append(f"EOT {self.eot_samples} samples, accuracy over {self.accuracy_draws} draws"
-                     + (f", {self.epochs} training epochs" if self.epochs is not None else ""))
+                     + self._training())
         return ", ".join(parts)
+
+    def _training(self) -> str:
+        if self.epochs is None:
+            return ""
+        if self.patience is None:
+            return f", {self.epochs} training epochs"
+        return f", trained to convergence: at most {self.epochs} epochs, stopped after {self.patience} without a new best"
 
 
 @dataclass

@@ -142,7 +142,7 @@ class FigureCache:
         self.path, self.settings = path, {k: v for k, v in settings.items() if k != "training_curves"}
         self.compute = compute  # False: only what is cached (None for the rest)
         stored = json.loads(path.read_text()) if path.exists() else {}
-        self.values = stored.get("values", {}) if stored.get("settings") == settings else {}
+        self.values = stored.get("values", {}) if stored.get("settings") == self.settings else {}
 
     def get(self, key: str, compute):
         if key not in self.values and not self.compute:

@@ -262,15 +262,16 @@ def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[n
     return x[chosen], y[chosen]
 
 
-def reused_record(path: Path, request: dict, attacks) -> dict | None:
-    """The record of an evaluation written earlier for the same request, described as this version does."""
+def reused_record(path: Path, request: dict, attacks, training: dict | None = None) -> dict | None:
+    """The record of an evaluation written earlier for the same request, described as this version does
+    (with the run's `training_budget`, which results written before it was recorded lack)."""
     try:
         stored = read_json(path)
     except (OSError, json.JSONDecodeError):
         return None  # absent or unreadable: evaluate again (the new file replaces it atomically)
     if stored.get("request") != request:
         return None
-    budget = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks)})
+    budget = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks), **(training or {})})
     return _with_results({**stored["record"], "budget": budget.describe()}, {**stored, "budget": asdict(budget)})
 
 
@@ -294,7 +295,7 @@ def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: 
     """
     run, out = Path(run), Path(out)
     request = {"attacks": list(attacks), "budget": budget, "epsilon": epsilon, "seed": seed}
-    reused = reused_record(out / f"{run.name}.json", request, attacks) if reuse else None
+    reused = reused_record(out / f"{run.name}.json", request, attacks, training_budget(run)) if reuse else None
     if reused is not None or stored_only:
         if reused is not None:
             print(f"== {run}: evaluated earlier with the same budget, read back from {out / f'{run.name}.json'}")
@@ -309,7 +310,16 @@ def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: 
     about = {"dataset": dataset, "method": label or config["method"], "pnil": config["pnil"], "run": str(run),
              "n_train": config.get("n_train", 1), "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0}
     return evaluate_model(model, x, y, epsilon or config["epsilon"], attacks, budget, out, run.name, about,
-                          request, seed=seed, epochs=config.get("epochs"))
+                          request, seed=seed, training=training_budget(run))
+
+
+def training_budget(run: Path) -> dict:
+    """The part of a run's config that a robustness number's budget states: its epochs and patience."""
+    try:
+        config = read_json(Path(run) / CONFIG)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {"epochs": config.get("epochs"), "patience": config.get("patience")}
 
 
 def check_model_inputs(model: keras.Model, x, y, source: str) -> None:
@@ -324,7 +334,7 @@ def check_model_inputs(model: keras.Model, x, y, source: str) -> None:
 
 
 def evaluate_model(model: keras.Model, x, y, epsilon: float, attacks, budget: dict, out, name: str, about: dict,
-                   request: dict, *, seed: int = 0, epochs: int | None = None) -> dict:
+                   request: dict, *, seed: int = 0, training: dict | None = None) -> dict:
     """Attacks `model` on `(x, y)`; writes `<out>/<name>.json` atomically (and PNIL maps); returns its record.
 
     The record is `about` (what the model is) with the accuracies, the Min,
@@ -334,7 +344,7 @@ def evaluate_model(model: keras.Model, x, y, epsilon: float, attacks, budget: di
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     options = {k: v for k, v in budget.items() if k != "num_images"}
-    result = evaluation.robustness(model, x, y, epsilon, attacks, seed=seed, epochs=epochs, **options)
+    result = evaluation.robustness(model, x, y, epsilon, attacks, seed=seed, **(training or {}), **options)
     for check in result.checks:
         print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
     record = {**about, "clean": result.clean, **result.attacks, "min": result.effective,

@@ -12,7 +12,7 @@ TINY_SUITE = {
     "pnil": [False, True], "attacks": ["pgd", "pgd-no-eot", "spsa", "autoattack"],
     "budgets": {"tiny": {
         "about": "a test budget", "folds": [0, 3],
-        "train": {"train_size": 300, "epochs": 1, "validation_size": 100, "monitor_images": 20},
+        "train": {"train_size": 300, "epochs": 1, "validation_size": 100, "monitor_images": 20, "patience": 2},
         "evaluate": {"num_images": 20, "pgd_steps": 3, "spsa_steps": 2, "spsa_samples": 8, "spsa_images": 10,
                      "apgd_steps": 2, "square_queries": 10, "eot_samples": 2, "accuracy_draws": 2},
         "figures": {"images": 10, "pgd_steps": 2, "eot_samples": [1, 2], "eot": 2, "epsilon_multiples": [1, 2],
@@ -98,4 +98,7 @@ def test_reproduce_writes_tables_and_figures_and_resumes(suite_file, tmp_path, d
                         tmp_path / "results", str(data_dir), "tiny", report_only=True)
     partial = (results / "summary.md").read_text()
     assert "**PARTIAL**: the 2 of the grid's 3 runs" in partial and "| mnist-nfgsm-pnil-fold3 |" not in partial
+    # The budget states the training as run (read back from the run's config, not only from the evaluation).
+    assert "trained to convergence: at most 1 epochs, stopped after 2 without a new best" in partial
+    assert "![fig5_epsilon_mnist](fig5_epsilon_mnist.png)" in partial  # from the curves cached by the full run
     assert not (runs / "evaluation" / "mnist-nfgsm-pnil-fold3.json").exists()
