@@ -113,7 +113,8 @@ class Budget:
             return ""
         if self.patience is None:
             return f", {self.epochs} training epochs"
-        return f", trained to convergence: at most {self.epochs} epochs, stopped after {self.patience} without a new best"
+        return (f", trained to convergence: at most {self.epochs} epochs, "
+                f"stopped after {self.patience} without a new best")
 
 
 @dataclass
