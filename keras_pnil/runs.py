@@ -295,7 +295,8 @@ def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: 
     """
     run, out = Path(run), Path(out)
     request = {"attacks": list(attacks), "budget": budget, "epsilon": epsilon, "seed": seed}
-    reused = reused_record(out / f"{run.name}.json", request, attacks, training_budget(run)) if reuse else None
+    training = training_budget(run)
+    reused = reused_record(out / f"{run.name}.json", request, attacks, training) if reuse else None
     if reused is not None or stored_only:
         if reused is not None:
             print(f"== {run}: evaluated earlier with the same budget, read back from {out / f'{run.name}.json'}")
@@ -310,7 +311,7 @@ def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: 
     about = {"dataset": dataset, "method": label or config["method"], "pnil": config["pnil"], "run": str(run),
              "n_train": config.get("n_train", 1), "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0}
     return evaluate_model(model, x, y, epsilon or config["epsilon"], attacks, budget, out, run.name, about,
-                          request, seed=seed, training=training_budget(run))
+                          request, seed=seed, training=training)
 
 
 def training_budget(run: Path) -> dict:
