@@ -64,3 +64,23 @@ def test_training_columns_say_how_many_epochs_ran_and_which_was_best(tmp_path):
     history.write_text("epoch,val_loss\n0,0.5\n1,0.3\n2,0.35\n3,0.31\n4,0.4\n")
     row = report.training_columns([spec], {spec.name: history}, {f"train/{spec.name}": 42.0})[spec.name]
     assert row["epochs"] == "5 (best 2)" and row["train s"] == "42"
+
+
+def test_wall_time_counts_only_the_reported_runs_per_data_set():
+    from keras_pnil.reproduce import RunSpec
+
+    mnist, fashion = RunSpec("mnist", "nfgsm", True, 0), RunSpec("fashion_mnist", "nfgsm", True, 0)
+    timings = {f"train/{mnist.name}": 600.0, f"evaluate/{mnist.name}": 1200.0,
+               f"train/{fashion.name}": 60.0, f"evaluate/{fashion.name}": 120.0, "figures": 30.0}
+    assert report.timings_markdown(timings, [fashion]) == \
+        "fashion_mnist train 1.0 min, fashion_mnist evaluate 2.0 min, figures 0.5 min; total 3.5 min"
+    both = report.timings_markdown(timings, [mnist, fashion])
+    assert both.startswith("mnist train 10.0 min, mnist evaluate 20.0 min") and both.endswith("total 33.5 min")
+
+
+def test_a_table_over_two_data_sets_states_each_ones_budget():
+    records = [{"dataset": "mnist", "pnil": False, "budget": "ε=0.03137, EOT 1"},
+               {"dataset": "mnist", "pnil": True, "budget": "ε=0.03137, EOT 10"},
+               {"dataset": "fashion_mnist", "pnil": True, "budget": "ε=0.01569, EOT 10"}]
+    assert report.table_budget(records) == "MNIST: ε=0.03137, EOT 10; Fashion-MNIST: ε=0.01569, EOT 10"
+    assert report.table_budget(records[:2]) == "ε=0.03137, EOT 10"
