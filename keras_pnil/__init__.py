@@ -37,21 +37,30 @@ with _quiet_native_stderr():  # imports TensorFlow and probes its devices, the t
 
 # ruff: noqa: E402
 from keras_pnil import (
-                        attacks,
-                        callbacks,
-                        data,
-                        evaluation,
-                        experiments,
-                        files,
-                        models,
-                        recipe,
-                        report,
-                        reproduce,
-                        runs,
-                        schedules,
-                        stats,
-                        training,
-                        validation,
+    attacks,
+    callbacks,
+    correctness,
+    curves,
+    data,
+    evaluation,
+    experiments,
+    files,
+    inputs,
+    loading,
+    masking,
+    models,
+    plan,
+    pnil_diagnostics,
+    recipe,
+    records,
+    report,
+    reproduce,
+    results,
+    runs,
+    schedules,
+    stats,
+    training,
+    validation,
 )
 from keras_pnil.attacks import (
     EOT,
@@ -66,14 +75,17 @@ from keras_pnil.attacks import (
     spsa,
     square,
 )
-from keras_pnil.evaluation import Budget, RobustnessResult, accuracy, robustness
+from keras_pnil.correctness import accuracy
+from keras_pnil.evaluation import RobustnessResult, robustness
 from keras_pnil.layers import PixelwiseNoiseInjection
+from keras_pnil.plan import Plan, PlanRequest
 from keras_pnil.training import AdversarialModel, adversarial
 
-__version__ = "0.1.0"
+__version__ = records.VERSION
 __all__ = [
-    "EOT", "AdversarialModel", "Budget", "PixelwiseNoiseInjection", "RobustnessResult", "accuracy", "adversarial",
-    "apgd", "apgd_targeted", "attacks", "autoattack", "callbacks", "data", "evaluation", "experiments",
-    "fab_targeted", "files", "get_attack", "models", "pgd", "probe", "recipe", "report", "reproduce", "robustness",
+    "EOT", "AdversarialModel", "PixelwiseNoiseInjection", "Plan", "PlanRequest", "RobustnessResult", "accuracy",
+    "adversarial", "apgd", "apgd_targeted", "attacks", "autoattack", "callbacks", "correctness", "curves", "data",
+    "evaluation", "experiments", "fab_targeted", "files", "get_attack", "inputs", "loading", "masking", "models", "pgd",
+    "plan", "pnil_diagnostics", "probe", "recipe", "records", "report", "reproduce", "results", "robustness",
     "run_autoattack", "runs", "schedules", "spsa", "square", "stats", "training", "validation",
 ]

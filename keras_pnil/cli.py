@@ -12,25 +12,16 @@ import json
 import sys
 from pathlib import Path
 
-from keras_pnil import evaluation, experiments, report, reproduce, runs, targets
+from keras_pnil import experiments, jobs, loading, report, reproduce, results, runs, targets
 from keras_pnil.attacks.common import progress_bars
-from keras_pnil.attacks.eot import probe
 from keras_pnil.attacks.registry import ATTACKS, get_attack
 from keras_pnil.data import DATASETS, DatasetError, load_npz
-from keras_pnil.files import read_json
+from keras_pnil.files import check_writable, exclusive, read_json
 from keras_pnil.models import ARCHITECTURES
+from keras_pnil.plan import PRESETS, PlanRequest
 from keras_pnil.training import METHODS
 from keras_pnil.validation import parse_epsilon
 
-BUDGETS = {
-    # Sized for a 2-core CPU: a labelled reduction of the paper's protocol.
-    "quick": dict(pgd_steps=20, spsa_steps=10, spsa_samples=64, spsa_images=100, apgd_steps=20,
-                  square_queries=300, eot_samples=4, accuracy_draws=5, num_images=500),
-    # The paper's protocol (Section 4): PGD-50, SPSA 100 × 2048 on 1000 images, EOT 100; APGD and
-    # Square (used by --attacks apgd-ce,apgd-dlr,square,autoattack and the masking checks) at AutoAttack's.
-    "paper": dict(pgd_steps=50, spsa_steps=100, spsa_samples=2048, spsa_images=1000, apgd_steps=100,
-                  square_queries=5000, eot_samples=100, accuracy_draws=10, num_images=5000),
-}
 # Errors a user can cause and fix: printed as one line, no traceback (unless --debug).
 USER_ERRORS = (ValueError, OSError, DatasetError, runs.RunError, reproduce.SuiteError)
 
@@ -207,12 +198,43 @@ def train_main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------- keras-pnil-evaluate
+SHORTER = "--num-images, --budget quick, --attacks or --set ATTACK.FIELD=VALUE"
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """`ATTACK.FIELD=VALUE` (or a global such as `num_images=500`) → (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected ATTACK.FIELD=VALUE (e.g. pgd.steps=20); got {text!r}")
+    return key.strip(), _value(value.strip())
+
+
+def _value(text: str):
+    lowered = text.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return parse_epsilon(text) if "/" in text else float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, true, false or none; got {text!r}") from None
+
+
+SETTING = _flag_type(_setting, "setting")
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="keras-pnil-evaluate",
-                description="Robustness of trained runs or of any Keras model file (.keras): clean accuracy, each "
-                            "attack (with EOT for random models), Min, masking checks; tables and results.csv.")
+                description="Robustness of trained runs or of any Keras model file (.keras, .h5): clean accuracy, "
+                            "each attack (with EOT for random models), Min, masking checks; tables and results.csv. "
+                            "Every number comes from one plan (--show-plan prints it).")
     p.add_argument("targets", nargs="+", metavar="TARGET",
-                   help="a run directory written by keras-pnil-train, or a Keras model file (.keras)")
+                   help="a run directory written by keras-pnil-train, or a Keras model file (.keras, .h5)")
     p.add_argument("--dataset", choices=DATASETS,
                    help="evaluate model files on a seeded sample of this data set's test split")
     p.add_argument("--data", help="evaluate on your own arrays: a .npz file with x (N, H, W, C) floats in [0, 1] "
@@ -220,72 +242,90 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--custom-objects", action="append", default=[], metavar="FILE.py",
                    help="a Python file that defines and registers your own layers, imported before loading "
                         "(repeatable; Keras' safe mode stays on)")
+    p.add_argument("--output", help="the logits output of a model with several outputs (a name or an index)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="paper",
-                   help="preset attack budget; the flags below override it")
-    p.add_argument("--attacks", type=ATTACK_NAMES, default=("pgd", "spsa"),
-                   help=f"comma-separated, from: {', '.join(ATTACKS)} (default: the paper's pgd,spsa)")
+    p.add_argument("--budget", choices=sorted(PRESETS), default=None,
+                   help="preset plan (default: autoattack, AutoAttack's own budget, for model files; paper for "
+                        "runs); the flags below override it")
+    p.add_argument("--plan", metavar="FILE.json", help="start from a plan file (as --show-plan prints it)")
+    p.add_argument("--attacks", type=ATTACK_NAMES, default=None,
+                   help=f"comma-separated, from: {', '.join(ATTACKS)} (default: the budget's)")
     p.add_argument("--epsilon", type=EPSILON, default=None,
                    help="L∞ radius, e.g. 8/255 (required for model files; default for runs: the training ε)")
-    p.add_argument("--eot-samples", type=COUNT, help="EOT draws for random models (default: the budget's)")
-    p.add_argument("--pgd-steps", type=COUNT)
-    p.add_argument("--pgd-restarts", type=COUNT, help="PGD random restarts (default 1)")
-    p.add_argument("--spsa-steps", type=COUNT)
-    p.add_argument("--spsa-samples", type=EVEN, help="SPSA perturbations per image and step (the paper's samples)")
-    p.add_argument("--spsa-images", type=COUNT,
-                   help="the seeded subset for SPSA (and Square, FAB-T, autoattack unless set below; paper: 1000)")
-    p.add_argument("--square-images", type=COUNT, help="images for Square (default: --spsa-images)")
-    p.add_argument("--autoattack-images", type=COUNT, help="images for autoattack and fab-t (default: --spsa-images)")
-    p.add_argument("--spsa-eot-samples", type=COUNT, help="EOT draws of SPSA on random models (default: --eot-samples)")
-    p.add_argument("--square-eot-samples", type=COUNT,
-                   help="EOT draws of Square on random models (default: --eot-samples)")
-    p.add_argument("--autoattack-eot-samples", type=COUNT,
-                   help="EOT draws of autoattack and fab-t on random models (default: --eot-samples)")
-    p.add_argument("--apgd-steps", type=COUNT)
-    p.add_argument("--fab-steps", type=COUNT)
-    p.add_argument("--target-classes", type=COUNT, help="target classes of apgd-t and fab-t (AutoAttack: 9)")
-    p.add_argument("--square-queries", type=COUNT)
     p.add_argument("--num-images", type=COUNT,
                    help="images to evaluate: the first N of --data, else a seeded sample (default: the budget's)")
-    p.add_argument("--seed", type=NONNEGATIVE, default=0)
+    p.add_argument("--eot-samples", type=COUNT, help="EOT draws for random models (default: the budget's)")
+    p.add_argument("--set", dest="settings", type=SETTING, action="append", default=[], metavar="ATTACK.FIELD=VALUE",
+                   help="set one number of the plan, e.g. pgd.steps=20, spsa.images=100, square.eot_samples=2, "
+                        "checks.enabled=false (repeatable; --show-plan lists every field)")
+    p.add_argument("--seed", type=NONNEGATIVE, default=None, help="seeds the image sample and the attacks (default 0)")
     p.add_argument("--out", required=True, help="directory for the tables, results.csv/json and figures")
+    p.add_argument("--show-plan", action="store_true", help="print the resolved plan of each target and stop")
     p.add_argument("--estimate-only", action="store_true", help="print the estimated time and stop")
     p.add_argument("--debug", action="store_true", help="show a traceback for errors")
     return p
 
 
-def _budget(args) -> dict:
-    budget = dict(BUDGETS[args.budget])
-    for key in ("eot_samples", "pgd_steps", "pgd_restarts", "spsa_steps", "spsa_samples", "spsa_images",
-                "apgd_steps", "fab_steps", "target_classes", "square_queries", "num_images", "square_images",
-                "autoattack_images", "spsa_eot_samples", "square_eot_samples", "autoattack_eot_samples"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
-    return budget
+def _request(args, model_files: bool) -> PlanRequest:
+    """The plan request: a plan file or a preset, then the common flags and every --set."""
+    if args.plan:
+        try:
+            request = PlanRequest.from_dict(read_json(args.plan))
+        except OSError as err:
+            raise ValueError(f"cannot read plan {args.plan}: {err.strerror}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"plan {args.plan} is not valid JSON: {err}") from None
+        if args.budget:
+            raise ValueError("--plan and --budget both choose a starting plan; give one of them")
+    else:
+        request = PlanRequest.from_preset(args.budget or ("autoattack" if model_files else "paper"))
+    if args.attacks:
+        request = request.with_attacks(args.attacks)
+    common = {"num_images": args.num_images, "eot_samples": args.eot_samples, "seed": args.seed}
+    values = {k: v for k, v in common.items() if v is not None}
+    values.update(dict(args.settings))
+    return request.with_values(values)
 
 
-def _user_images(args, budget: dict) -> tuple | None:
+def _user_images(args, request: PlanRequest) -> tuple | None:
     """(x, y, name) for model files: the first --num-images of --data, or a sample of --dataset's test split."""
     if args.data:
         x, y = load_npz(args.data)
         count = args.num_images or len(x)
         return x[:count], y[:count], Path(args.data).name
     if args.dataset:
-        return (*targets.test_split_images(args.dataset, args.data_dir, budget["num_images"], args.seed),
+        values = request.values
+        return (*targets.test_split_images(args.dataset, args.data_dir, values["num_images"], values["seed"]),
                 args.dataset)
     return None
 
 
-def _estimate(jobs: list, attacks, budget: dict) -> float:
-    """Prints and returns the estimated seconds of the evaluations, from a forward pass timed on each model."""
-    total = 0.0
-    for target, model, n_images in jobs:
-        eot = budget["eot_samples"] if probe(model).random else 1
-        rate = evaluation.forward_throughput(model, model.input_shape[1:])
-        seconds = evaluation.cost_units({**budget, "num_images": n_images}, eot, attacks) / rate
+def _jobs(args, paths, request: PlanRequest, images) -> list:
+    """Every target as a job (model loaded, images checked, plan resolved), before any is evaluated."""
+    prepared, cache = [], {}
+    for path in paths:
+        if targets.is_model_file(path) or args.data:
+            epsilon = args.epsilon or runs.check_run(path)["epsilon"]
+            prepared.append(targets.file_job(targets.model_path(path), images[:2], images[2], request, epsilon,
+                                             output=args.output, name=path.stem, progress=print))
+        else:
+            prepared.append(runs.run_job(path, request, cache, epsilon=args.epsilon, data_dir=args.data_dir,
+                                         progress=print))
+    return prepared
+
+
+def _estimate(prepared) -> float:
+    """Prints the estimated time (first, if over an hour) and each job's, from a forward pass timed now."""
+    lines, total = [], 0.0
+    for job in prepared:
+        seconds, rate = job.estimate_seconds()
         total += seconds
-        print(f"estimate: {target}: {n_images} images, EOT {eot}, about {seconds / 60:.1f} min here "
-              f"(forward pass {rate:.0f} img/s measured now; a rough count of passes)")
+        lines.append(f"estimate: {job.name}: {job.plan.num_images} images, {job.plan.label()}, about "
+                     f"{seconds / 60:.1f} min here (forward pass {rate:.0f} img/s measured now; a rough count)")
+    if total > 3600:
+        print(f"WARNING: this evaluation is estimated at about {total / 3600:.1f} h on this machine; shorten it "
+              f"with {SHORTER} (--estimate-only shows the estimate without running)")
+    print("\n".join(lines))
     print(f"estimate: about {total / 60:.1f} min in all")
     return total
 
@@ -293,8 +333,7 @@ def _estimate(jobs: list, attacks, budget: dict) -> float:
 @_command
 def evaluate_main(argv=None) -> int:
     args = evaluate_parser().parse_args(argv)
-    budget, out, cache = _budget(args), Path(args.out), {}
-    paths = [Path(t) for t in args.targets]
+    out, paths = Path(args.out), [Path(t) for t in args.targets]
     for path in paths:
         targets.check_target(path)  # every target is usable before any is evaluated
     files = [p for p in paths if targets.is_model_file(p)]
@@ -302,40 +341,44 @@ def evaluate_main(argv=None) -> int:
         raise ValueError(f"--epsilon is required for a model file ({files[0]}): it has no training ε to default to")
     if files and not (args.data or args.dataset):
         raise ValueError(f"a model file ({files[0]}) needs images: --dataset NAME or --data FILE.npz")
+    request = _request(args, bool(files))
+    if not (args.show_plan or args.estimate_only):
+        check_writable(out)  # before any work: a read-only --out must not cost a whole evaluation
     targets.import_custom_objects(args.custom_objects)
-    images = _user_images(args, budget)
-    jobs = []
-    for path in paths:
-        if targets.is_model_file(path) or args.data:
-            model = targets.load_model_file(targets.model_path(path))
-            runs.check_model_inputs(model, images[0], images[1], f"{images[2]} images")
-            jobs.append((path, model, len(images[0])))
-        else:
-            jobs.append((path, runs.load_run(path)[1], budget["num_images"]))
-    _estimate(jobs, args.attacks, budget)
+    try:
+        prepared = _jobs(args, paths, request, _user_images(args, request))
+    except loading.ModelFileError as err:
+        raise ValueError(str(err).replace("choose its logits output", "choose its logits output with --output NAME")
+                         ) from None
+    if args.show_plan:
+        print(json.dumps({"request": request.to_dict(), "targets": {j.name: j.plan.summary() for j in prepared}},
+                         indent=2))
+        return 0
+    _estimate(prepared)
     if args.estimate_only:
         return 0
-    del jobs  # the models are loaded again, one at a time, by the evaluations
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    with progress_bars():
-        for path in paths:
-            records.append(_evaluate_target(path, images, args, budget, out, cache))
-    tables = report.write_tables(records, out)
-    results = report.write_results(records, out)
-    print(tables["md"].read_text())
-    print(f"Tables: {', '.join(str(p) for p in [*tables.values(), *results.values()])}")
+    try:
+        with exclusive(out, "an evaluation"), progress_bars():
+            found = [jobs.run(job, out, print) for job in prepared]
+            written = _write_tables(found, out)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print("\n".join(Path(p).read_text() for p in written if str(p).endswith(".md")))
+    print(f"Tables: {', '.join(str(p) for p in written)}")
     return 0
 
 
-def _evaluate_target(path: Path, images, args, budget: dict, out: Path, cache: dict) -> dict:
-    # A target already evaluated with the same request (a killed command started again) is read back.
-    if targets.is_model_file(path) or args.data:  # a model file, or a run's model on the user's own images
-        epsilon = args.epsilon or runs.check_run(path)["epsilon"]
-        return targets.evaluate_file(targets.model_path(path), images[:2], images[2], args.attacks, budget, out,
-                                     epsilon, seed=args.seed, name=path.stem, reuse=True)
-    return runs.evaluate_run(path, args.attacks, budget, out, cache, epsilon=args.epsilon, seed=args.seed,
-                             data_dir=args.data_dir, reuse=True)
+def _write_tables(found: list, out: Path) -> list:
+    """Table 1 for training runs, the one-row-per-model table for model files, results.csv/json for all."""
+    written = []
+    trained = [r for r in found if r["kind"] == "run"]
+    if trained:
+        written += report.write_tables(trained, out).values()
+    models = [r for r in found if r["kind"] == "model"]
+    if models:
+        written += results.write_model_table(models, out).values()
+    return written + list(results.write_results(found, out).values())
 
 
 # ---------------------------------------------------------------- keras-pnil-reproduce

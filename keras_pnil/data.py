@@ -136,12 +136,12 @@ def _load_cifar_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarr
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _load_tfds(name: str):
+def _load_tfds(name: str, splits=("train", "test")):
     # A local import: tensorflow-datasets takes seconds to import and is needed only without local files.
     import tensorflow_datasets as tfds
 
     try:
-        splits = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
+        splits = tfds.load(name, split=list(splits), as_supervised=True, batch_size=-1)
     except Exception as err:  # tfds raises many types (connection, checksum, download) for one cause
         raise DatasetError(
             f"tensorflow-datasets could not provide {name!r} ({type(err).__name__}: {str(err)[:200]}). "
@@ -167,17 +167,32 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None):
     Returns:
         `(x_train, y_train), (x_test, y_test)`.
     """
+    return tuple(_load_splits(name, ("train", "test"), data_dir))
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One split ("train" or "test") of a data set, as `load_dataset` gives it, reading only that split's files.
+
+    Example:
+        >>> x_test, y_test = load_split("mnist", "test")
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"Unknown split {split!r}; expected 'train' or 'test'.")
+    return _load_splits(name, (split,), data_dir)[0]
+
+
+def _load_splits(name: str, splits, data_dir) -> list:
     check_dataset_name(name)
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir is None:
-        train, test = _load_tfds(name)
+        loaded = _load_tfds(name, splits)
     else:
         directory = _dataset_directory(name, Path(data_dir))
         if name == "cifar10":
-            train, test = (_load_cifar_split(directory, s) for s in ("train", "test"))
+            loaded = [_load_cifar_split(directory, s) for s in splits]
         else:
-            train, test = (_load_idx_split(directory, s, IMAGE_SHAPES[name]) for s in ("train", "test"))
-    return _to_float(*train), _to_float(*test)
+            loaded = [_load_idx_split(directory, s, IMAGE_SHAPES[name]) for s in splits]
+    return [_to_float(*split) for split in loaded]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -56,3 +59,42 @@ def atomic_write_json(path, value) -> Path:
 def read_json(path):
     """The JSON value in `path`."""
     return json.loads(Path(path).read_text())
+
+
+def check_writable(directory) -> Path:
+    """Creates `directory` if needed and proves a file can be written there, or raises an OSError naming it."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write to {directory}: {err.strerror or err}") from None
+    return directory
+
+
+@contextlib.contextmanager
+def exclusive(directory, what: str = "results"):
+    """Holds an exclusive lock on `directory` (a `.lock` file in it) while the block runs.
+
+    A second process asking for the same folder gets an OSError at once, naming the
+    process that holds it, instead of both writing half of the results.
+    """
+    path = Path(directory) / ".lock"
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OSError(errno.EBUSY, f"{directory} is in use: {holder} is writing {what} there; wait for it to "
+                                       "finish or write elsewhere") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield path
+    finally:
+        handle.close()

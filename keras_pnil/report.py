@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.attacks.registry import ATTACKS, get_attack
-from keras_pnil.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from keras_pnil.attacks.registry import ATTACKS
+from keras_pnil.files import atomic_write_bytes, atomic_write_text
 from keras_pnil.stats import ALPHA, corrected_resampled_ttest, mean_std
 
 COLUMNS = ("clean", "spsa", "pgd", "min")  # the paper's; other attacks get columns before Min
@@ -158,46 +158,6 @@ def write_tables(records, out_dir, budget: str | None = None, name: str = "table
     for ext, text in contents.items():
         paths[ext] = out_dir / f"{name}.{ext}"
         atomic_write_text(paths[ext], text)
-    return paths
-
-
-# The tidy results file of `keras-pnil-evaluate`: one row per model, data set and attack (plus clean and Min).
-RESULT_COLUMNS = ("model", "dataset", "epsilon", "attack", "accuracy", "n_images", "eot_samples", "budget")
-
-
-def result_rows(model: str, dataset: str, result: dict) -> list[dict]:
-    """The tidy rows of one evaluation (`RobustnessResult.to_dict()`): clean, each attack, and Min."""
-    budget = result["budget"]
-    eot, n = budget["eot_samples"], budget["num_images"]
-    base = {"model": model, "dataset": dataset, "epsilon": budget["epsilon"]}
-    draws = budget["accuracy_draws"] if eot > 1 else 1
-    rows = [{**base, "attack": "clean", "accuracy": result["clean"], "n_images": n, "eot_samples": eot,
-             "budget": f"accuracy over {draws} draw{'s' * (draws > 1)}"}]
-    for name, accuracy in result["attacks"].items():
-        spec = get_attack(name)
-        rows.append({**base, "attack": name, "accuracy": accuracy, "n_images": spec.subset_size(budget),
-                     "eot_samples": spec.eot_for(budget), "budget": spec.describe(budget)})
-    attacked = rows[1:] or rows[:1]
-    rows.append({**base, "attack": "min", "accuracy": result["effective"],
-                 "n_images": min(row["n_images"] for row in attacked), "eot_samples": eot,
-                 "budget": "lowest accuracy over " + ", ".join(row["attack"] for row in attacked)})
-    return rows
-
-
-def write_results(records, out_dir) -> dict:
-    """Writes `results.csv` (the tidy rows of every record) and `results.json` (the rows, the masking checks
-    and the per-image worst case of every record) atomically; returns {format: path}."""
-    out_dir = Path(out_dir)
-    rows = [row for record in records for row in record["rows"]]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    details = [{"model": r["run"], "dataset": r["dataset"], "checks": r["checks"], "worst_case": r["worst_case"],
-                "worst_case_per_image": r["worst_case_per_image"]} for r in records]
-    paths = {"csv": out_dir / "results.csv", "json": out_dir / "results.json"}
-    atomic_write_text(paths["csv"], text.getvalue())
-    atomic_write_json(paths["json"], {"columns": list(RESULT_COLUMNS), "rows": rows, "models": details})
     return paths
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import keras
 
-from keras_pnil import data, evaluation, experiments, models, report, runs
+from keras_pnil import curves as pgd_curves
+from keras_pnil import data, experiments, models, pnil_diagnostics, report, runs, throughput
 from keras_pnil.files import atomic_write_json, atomic_write_text
 from keras_pnil.layers import find_pnil
+from keras_pnil.plan import PlanRequest
 
 OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
 
@@ -86,6 +88,12 @@ def suite_attacks(suite: dict, budget: str) -> tuple:
     return tuple(suite["budgets"][budget].get("attacks", suite["attacks"]))
 
 
+def suite_request(suite: dict, budget: str) -> PlanRequest:
+    """The evaluation plan request of `budget`: the paper's preset with the budget's "evaluate" values."""
+    return PlanRequest.from_preset("paper", suite_attacks(suite, budget)).with_values(
+        suite["budgets"][budget]["evaluate"])
+
+
 def train_config(suite: dict, budget: str, spec: RunSpec, data_dir=None) -> dict:
     """One run's validated training configuration: its train/*.json file, then the suite's options."""
     defaults, method = _method_settings(suite, spec)
@@ -115,7 +123,7 @@ def _figure_units(figures: dict, methods: int) -> float:
 def forward_throughput(dataset: str, architecture: str | None = None) -> float:
     """Images per second of a forward pass of the network (default: the data set's) with a PNIL, measured here."""
     model = models.for_dataset(dataset, pnil=True, architecture=architecture)
-    return evaluation.forward_throughput(model, data.IMAGE_SHAPES[dataset])
+    return throughput.forward_throughput(model, data.IMAGE_SHAPES[dataset])
 
 
 def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: dict) -> dict:
@@ -125,8 +133,9 @@ def estimate_cost(suite: dict, budget: str, specs: list[RunSpec], throughput: di
         config, method = _method_settings(suite, spec)
         n_train = OFFICIAL_SIZES[spec.dataset][0] // (1 if spec.fold is None else 2)  # a fold trains on half
         units = _training_units({**config, **method, **settings["train"]}, n_train)
-        units += evaluation.cost_units(settings["evaluate"], settings["evaluate"]["eot_samples"] if spec.pnil else 1,
-                                   suite_attacks(suite, budget))
+        request = suite_request(suite, budget)
+        plan = request.resolve(epsilon=0.1, random=spec.pnil, num_images=request.values["num_images"])
+        units += plan.cost_units()
         seconds[spec.dataset] = seconds.get(spec.dataset, 0.0) + units / throughput[spec.dataset]
     for dataset in seconds:
         seconds[dataset] += _figure_units(settings["figures"], len(suite["methods"])) / throughput[dataset]
@@ -162,10 +171,10 @@ def _run_curves(spec: RunSpec, model, x, y, epsilon: float, settings: dict, cach
     curves = {}
     if "epsilon_multiples" in settings:
         eot = settings.get("eot", 1) if spec.pnil else 1
-        curves["sweep"] = cache.get(f"sweep/{spec.name}", lambda: evaluation.epsilon_sweep(
+        curves["sweep"] = cache.get(f"sweep/{spec.name}", lambda: pgd_curves.epsilon_sweep(
             model, x, y, [m * epsilon for m in settings["epsilon_multiples"]], settings["pgd_steps"], eot))
     if "eot_samples" in settings and find_pnil(model) is not None:
-        curves["eot"] = cache.get(f"eot/{spec.name}", lambda: evaluation.eot_curve(
+        curves["eot"] = cache.get(f"eot/{spec.name}", lambda: pgd_curves.eot_curve(
             model, x, y, epsilon, settings["eot_samples"], settings["pgd_steps"]))
     return curves
 
@@ -210,7 +219,7 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
                                                                  cache).items() if v is not None}
             layer = find_pnil(model)
             if layer is not None:
-                structure[spec.name] = evaluation.pnil_structure(layer, x)
+                structure[spec.name] = pnil_diagnostics.pnil_structure(layer, x)
                 paths.append(report.plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
                                                    title=f"{spec.name}: learned PNIL"))
         histories = {_label(s): runs_dir / s.name / runs.HISTORY for s in chosen}
@@ -228,9 +237,10 @@ def _timed(timings: dict, key: str, fn):
 
 def _stored_records(suite: dict, budget: str, specs, runs_dir: Path) -> tuple[list, list]:
     """The runs of `specs` finished and evaluated for `budget` so far, and their records (nothing is computed)."""
-    done = [(spec, runs.evaluate_run(runs_dir / spec.name, suite_attacks(suite, budget),
-                                     suite["budgets"][budget]["evaluate"], runs_dir / "evaluation", {},
-                                     reuse=True, stored_only=True, label=spec.method)) for spec in specs]
+    request, cache = suite_request(suite, budget), {}
+    done = [(spec, runs.evaluate_run(runs_dir / spec.name, request, runs_dir / "evaluation", cache,
+                                     stored_only=True, label=spec.method))
+            for spec in specs if runs.is_finished(runs_dir / spec.name)]
     done = [(spec, record) for spec, record in done if record is not None]
     return [spec for spec, _ in done], [record for _, record in done]
 
@@ -252,7 +262,7 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
         path.mkdir(parents=True, exist_ok=True)
     timings_path = runs_dir / "timings.json"
     timings = _read_timings(timings_path)
-    settings, data_cache, records = suite["budgets"][budget], {}, []
+    data_cache, records = {}, []
     for i, spec in enumerate(specs, 1):
         print(f"### [{i}/{len(specs)}] {spec.name}", flush=True)
         if spec.dataset not in data_cache:
@@ -266,8 +276,8 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
             _timed(timings, f"train/{spec.name}", lambda: print(runs.train_run(config, run, data_cache[spec.dataset])))
         atomic_write_json(timings_path, timings)  # kept if the evaluation is killed
         records.append(_timed(timings, f"evaluate/{spec.name}", lambda: runs.evaluate_run(
-            runs_dir / spec.name, suite_attacks(suite, budget), settings["evaluate"], runs_dir / "evaluation",
-            data_cache, data_dir=data_dir, reuse=True, label=spec.method)))
+            runs_dir / spec.name, suite_request(suite, budget), runs_dir / "evaluation", data_cache,
+            data_dir=data_dir, label=spec.method, progress=print)))
         atomic_write_json(timings_path, timings)
     figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))
     atomic_write_json(timings_path, timings)

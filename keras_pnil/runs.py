@@ -14,17 +14,18 @@ import json
 import os
 import time
 import zipfile
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from keras_pnil import data as datasets
-from keras_pnil import evaluation, models, recipe, report
+from keras_pnil import jobs, models, recipe, records, report
 from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, ConvergenceStop, PNILStatistics
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
 from keras_pnil.layers import DEFAULT_BIAS, LOG_VARIANCE_RANGE, find_pnil
+from keras_pnil.plan import PlanRequest
 from keras_pnil.training import METHODS, get_perturbation
 from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
 
@@ -262,96 +263,42 @@ def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[n
     return x[chosen], y[chosen]
 
 
-def reused_record(path: Path, request: dict, attacks, training: dict | None = None) -> dict | None:
-    """The record of an evaluation written earlier for the same request, described as this version does
-    (with the run's `training_budget`, which results written before it was recorded lack)."""
-    try:
-        stored = read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return None  # absent or unreadable: evaluate again (the new file replaces it atomically)
-    if stored.get("request") != request:
-        return None
-    budget = evaluation.Budget(**{**stored["budget"], "attacks": tuple(attacks), **(training or {})})
-    return _with_results({**stored["record"], "budget": budget.describe()}, {**stored, "budget": asdict(budget)})
+def run_job(run, request: PlanRequest, data_cache: dict, *, epsilon: float | None = None, data_dir=None,
+            label: str | None = None, progress: Callable[[str], None] | None = None) -> jobs.Job:
+    """One training run as an evaluation job, on `request`'s number of images it neither trained nor
+    validated on (seeded by the request's seed; see `evaluation_images`), at its training ε unless `epsilon`.
 
-
-def _with_results(record: dict, result: dict) -> dict:
-    """`record` with what the evaluate command's results files need, derived from the stored `result`:
-    the tidy rows (`report.result_rows`) and the per-image worst case."""
-    return {**record, "rows": report.result_rows(record["run"], record["dataset"], result),
-            "worst_case_per_image": result.get("worst_case_per_image", [])}
-
-
-def evaluate_run(run, attacks, budget: dict, out, data_cache: dict, *, epsilon: float | None = None,
-                 seed: int = 0, data_dir=None, reuse: bool = False, label: str | None = None,
-                 stored_only: bool = False) -> dict | None:
-    """Evaluates one training run on images it neither trained nor validated on (see `evaluate_model`).
-
-    Returns the run's Table 1 record. With `reuse`, a result file written for
-    the same attacks, budget, ε and seed is read back instead of recomputed
-    (how suites resume). `label` names the training method in the record
-    (default: the run's method), for suites that vary its options. With
-    `stored_only`, nothing is computed: None unless a result can be read back.
+    `label` names the training method in the record (default: the run's method), for suites that vary
+    its options; `data_cache` keeps each data set loaded once.
     """
-    run, out = Path(run), Path(out)
-    request = {"attacks": list(attacks), "budget": budget, "epsilon": epsilon, "seed": seed}
-    training = training_budget(run)
-    reused = reused_record(out / f"{run.name}.json", request, attacks, training) if reuse else None
-    if reused is not None or stored_only:
-        if reused is not None:
-            print(f"== {run}: evaluated earlier with the same budget, read back from {out / f'{run.name}.json'}")
-        return reused
+    run = Path(run)
     config, model = load_run(run)
     dataset = config["dataset"]
     if dataset not in data_cache:
         data_cache[dataset] = datasets.load_dataset(dataset, data_dir)
-    x, y = evaluation_images(config, data_cache[dataset], budget["num_images"], seed)
-    check_model_inputs(model, x, y, f"{dataset} images")
-    print(f"== {run}: {dataset}, {config['method']}{' + PNIL' if config['pnil'] else ''}")
-    about = {"dataset": dataset, "method": label or config["method"], "pnil": config["pnil"], "run": str(run),
-             "n_train": config.get("n_train", 1), "n_test": config.get("n_train", 1), "fold": config.get("fold") or 0}
-    return evaluate_model(model, x, y, epsilon or config["epsilon"], attacks, budget, out, run.name, about,
-                          request, seed=seed, training=training)
+    x, y = evaluation_images(config, data_cache[dataset], request.values["num_images"], request.values["seed"])
+    about = {"kind": "run", "dataset": dataset, "method": label or config["method"], "pnil": config["pnil"],
+             "run": str(run), "n_train": config.get("n_train", 1), "n_test": config.get("n_train", 1),
+             "fold": config.get("fold") or 0}
+    return jobs.prepare(run.name, model, x, y, request, epsilon or config["epsilon"], about,
+                        training_budget(config), progress)
 
 
-def training_budget(run: Path) -> dict:
-    """The part of a run's config that a robustness number's budget states: its epochs and patience."""
-    try:
-        config = read_json(Path(run) / CONFIG)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {"epochs": config.get("epochs"), "patience": config.get("patience")}
+def evaluate_run(run, request: PlanRequest, out, data_cache: dict, *, epsilon: float | None = None, data_dir=None,
+                 label: str | None = None, stored_only: bool = False,
+                 progress: Callable[[str], None] | None = None) -> dict | None:
+    """Evaluates one training run (see `run_job`) into `out`; returns its Table 1 record.
 
-
-def check_model_inputs(model: keras.Model, x, y, source: str) -> None:
-    """Images the model can take and labels among its classes, or a RunError that says which is wrong."""
-    expected = tuple(model.input_shape[1:])
-    if len(expected) != x.ndim - 1 or any(e is not None and e != n for e, n in zip(expected, x.shape[1:], strict=True)):
-        raise RunError(f"{source} are shaped {tuple(x.shape[1:])}, but model {model.name!r} takes {expected}.")
-    classes = model.output_shape[-1]
-    if len(y) and (y.min() < 0 or y.max() >= classes):
-        raise RunError(f"{source} have labels in [{y.min()}, {y.max()}], but model {model.name!r} has "
-                       f"{classes} classes (labels 0 to {classes - 1}).")
-
-
-def evaluate_model(model: keras.Model, x, y, epsilon: float, attacks, budget: dict, out, name: str, about: dict,
-                   request: dict, *, seed: int = 0, training: dict | None = None) -> dict:
-    """Attacks `model` on `(x, y)`; writes `<out>/<name>.json` atomically (and PNIL maps); returns its record.
-
-    The record is `about` (what the model is) with the accuracies, the Min,
-    the budget's description, the masking checks and the tidy result rows
-    (`report.result_rows`).
+    A result stored for exactly the same images, weights, plan and library version is read back
+    (how suites resume). With `stored_only`, nothing is attacked: None unless such a result exists.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    options = {k: v for k, v in budget.items() if k != "num_images"}
-    result = evaluation.robustness(model, x, y, epsilon, attacks, seed=seed, **(training or {}), **options)
-    for check in result.checks:
-        print(f"  [{'FLAGGED' if check['flagged'] else 'ok'}] {check['check']}: {check['detail']}")
-    record = {**about, "clean": result.clean, **result.attacks, "min": result.effective,
-              "worst_case": result.worst_case, "budget": result.budget.describe(), "checks": result.checks}
-    atomic_write_json(out / f"{name}.json", {"request": request, "record": record, **result.to_dict()})
-    layer = find_pnil(model)
-    if layer is not None:
-        report.plot_pnil_maps(layer, x[0], out / f"{name}_pnil.png", title=f"{name}: learned PNIL")
-    return _with_results(record, result.to_dict())
+    job = run_job(run, request, data_cache, epsilon=epsilon, data_dir=data_dir, label=label, progress=progress)
+    if stored_only:
+        stored = records.read_record(job.record_path(out), job.key)
+        return None if stored is None else stored["record"]
+    return jobs.run(job, out, progress)
+
+
+def training_budget(config: dict) -> dict:
+    """The part of a run's config that a robustness number's budget states: its epochs and patience."""
+    return {"epochs": config.get("epochs"), "patience": config.get("patience")}

@@ -1,16 +1,19 @@
-"""One entry per attack: its function, the budget keys it reads, what it costs and how it is described.
+"""One entry per attack: its function, the settings it takes, what it costs and how it is described.
 
 Every registered function is called the same way, `attack(model, x, y,
-epsilon, *, eot_samples, batch_size, seed, **its budget)`, and returns the
-adversarial images as a NumPy array. Evaluation, reports, cost estimates and
-the commands read this table, so adding an attack is one module and one
-`register` call here.
+epsilon, *, eot_samples, batch_size, seed, **its settings)`, and returns the
+adversarial images as a NumPy array. An entry declares its settings as
+`Setting`s (the function keyword each sets, its default and check, and the flat
+budget key that suite files use for it), so the evaluation plan, the command's
+`--set ATTACK.FIELD=VALUE`, validation and the cost model all derive from this
+table: adding an attack is one module and one `register` call here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +23,47 @@ from keras_pnil.attacks.fab import fab_targeted
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.attacks.spsa import spsa
 from keras_pnil.attacks.square import square
+from keras_pnil.validation import check_count, check_positive
 
 # A backward pass costs about two forward passes; costs below count forward-pass equivalents.
 GRADIENT_COST = 3
+
+
+def _count(name: str, value) -> int:
+    return check_count(name, value)
+
+
+def _even(name: str, value) -> int:
+    value = check_count(name, value, minimum=2)
+    if value % 2:
+        raise ValueError(f"{name} must be even (SPSA mirrors its perturbations); got {value}.")
+    return value
+
+
+def _positive(name: str, value) -> float:
+    return check_positive(name, value)
+
+
+def _optional_positive(name: str, value) -> float | None:
+    return None if value is None else check_positive(name, value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of an attack.
+
+    Attributes:
+        keyword: The attack function's keyword it sets.
+        default: Its value when neither a preset nor the user sets it (the attack's reference value).
+        check: (name, value) → the value, or a ValueError naming the problem.
+        legacy: The flat budget key of suite files and older commands (e.g. `pgd_steps`), shared by the
+            attacks that read the same number (APGD's steps in APGD-CE, APGD-DLR, APGD-T and AutoAttack).
+    """
+
+    keyword: str
+    default: Any
+    check: Callable[[str, Any], Any] = _count
+    legacy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,23 +71,24 @@ class AttackSpec:
     """How evaluation runs one attack.
 
     Attributes:
-        name: The name used in `--attacks`, tables and results.
+        name: The name used in `--attacks`, `--set NAME.FIELD=VALUE`, tables and results.
         function: The attack, following the package's calling convention.
-        budget_keys: Budget field → the function's keyword it sets.
-        describe: Budget → the words that name this attack's budget.
-        cost: (budget, EOT draws) → forward-pass equivalents per attacked image.
-        options: Keywords fixed whatever the budget.
+        settings: Setting name → `Setting` (its function keyword, default, check, flat key).
+        describe: The attack's settings → the words that name its budget.
+        cost: (settings, EOT draws) → forward-pass equivalents per attacked image.
+        options: Keywords fixed whatever the settings.
         gradient_free: Uses only the model's scores (a witness against gradient masking).
-        full_set: Runs on every evaluation image (else on a seeded subset of them).
+        full_set: Runs on every evaluation image by default (else on a seeded subset of them).
         seeded: Draws random numbers (from its `seed`); FAB-T, which starts at the image, does not.
-        images_key: The budget field with the size of its subset (unset or None: `spsa_images`).
-        eot_key: The budget field with its own EOT draws (unset or None: `eot_samples`), so that a
+        images_key: The flat budget key with the size of its subset (unset or None: `spsa_images`).
+        eot_key: The flat budget key with its own EOT draws (unset or None: `eot_samples`), so that a
             query-hungry attack can be given fewer draws than PGD.
+        fixed_eot: EOT draws whatever the plan says (PGD without EOT: 1).
     """
 
     name: str
     function: Callable[..., np.ndarray]
-    budget_keys: Mapping[str, str]
+    settings: Mapping[str, Setting]
     describe: Callable[[Mapping], str]
     cost: Callable[[Mapping, int], float]
     options: Mapping = field(default_factory=dict)
@@ -55,26 +97,26 @@ class AttackSpec:
     seeded: bool = True
     images_key: str | None = None
     eot_key: str | None = None
+    fixed_eot: int | None = None
 
-    def subset_size(self, budget: Mapping) -> int:
-        """How many of the budget's `num_images` evaluation images it attacks."""
-        if self.full_set:
-            return budget["num_images"]
-        return min(budget.get(self.images_key or "spsa_images") or budget["spsa_images"], budget["num_images"])
+    def defaults(self) -> dict:
+        """Setting name → default value."""
+        return {name: setting.default for name, setting in self.settings.items()}
 
-    def eot_for(self, budget: Mapping) -> int | None:
-        """Its EOT draws under `budget` (one that has been resolved for the model: see `evaluation.resolve_eot`)."""
-        if "eot_samples" in self.options:
-            return self.options["eot_samples"]
-        return (budget.get(self.eot_key) if self.eot_key else None) or budget.get("eot_samples")
+    def check(self, name: str, value) -> Any:
+        """`value` checked for the setting `name`, or a ValueError naming the attack's settings."""
+        if name not in self.settings:
+            raise ValueError(f"attack {self.name!r} has no setting {name!r}; it has "
+                             f"{sorted([*self.settings, 'images', 'eot_samples', 'seed'])}.")
+        return self.settings[name].check(f"{self.name}.{name}", value)
 
-    def options_for(self, budget: Mapping) -> dict:
-        """The function's keywords under `budget` (EOT draws included)."""
-        chosen = {keyword: budget[key] for key, keyword in self.budget_keys.items() if key in budget}
-        return {**chosen, **self.options, "eot_samples": self.eot_for(budget)}
+    def keywords(self, settings: Mapping) -> dict:
+        """The function's keywords for `settings` (setting name → value)."""
+        return {**{self.settings[k].keyword: v for k, v in settings.items()}, **self.options}
 
-    def __call__(self, model, x, y, epsilon: float, budget: Mapping, **overrides) -> np.ndarray:
-        return self.function(model, x, y, epsilon, **{**self.options_for(budget), **overrides})
+    def __call__(self, model, x, y, epsilon: float, settings: Mapping, **conventions) -> np.ndarray:
+        """Runs the attack with `settings` and the calling conventions (eot_samples, batch_size, seed)."""
+        return self.function(model, x, y, epsilon, **{**self.keywords(settings), **conventions})
 
 
 ATTACKS: dict[str, AttackSpec] = {}
@@ -95,62 +137,70 @@ def get_attack(name: str) -> AttackSpec:
     return ATTACKS[name]
 
 
-def _pgd_words(b: Mapping) -> str:
-    restarts = b.get("pgd_restarts", 1)
-    return f"PGD {b['pgd_steps']} steps" + (f" × {restarts} restarts" if restarts > 1 else "")
+def _pgd_words(s: Mapping) -> str:
+    restarts = s.get("restarts", 1)
+    step = f" of {s['step_size']:.4g}" if s.get("step_size") else ""
+    return f"PGD {s['steps']} steps{step}" + (f" × {restarts} restarts" if restarts > 1 else "")
 
 
-def _apgd_cost(b: Mapping, eot: int) -> float:
-    return b["apgd_steps"] * eot * GRADIENT_COST
+def _apgd_cost(s: Mapping, eot: int) -> float:
+    return s["steps"] * eot * GRADIENT_COST
 
 
-_PGD_KEYS = {"pgd_steps": "steps", "pgd_step_size": "step_size", "pgd_restarts": "restarts"}
-register(AttackSpec("pgd", pgd, _PGD_KEYS, _pgd_words,
-                    lambda b, eot: b["pgd_steps"] * b.get("pgd_restarts", 1) * eot * GRADIENT_COST))
-# One noise draw per step whatever the budget's EOT: shows what EOT adds against a random model.
-register(AttackSpec("pgd-no-eot", pgd, _PGD_KEYS, lambda b: _pgd_words(b) + " (one draw)",
-                    lambda b, eot: b["pgd_steps"] * b.get("pgd_restarts", 1) * GRADIENT_COST,
-                    options={"eot_samples": 1}))
-register(AttackSpec("spsa", spsa, {"spsa_steps": "steps", "spsa_samples": "perturbations",
-                                   "spsa_learning_rate": "learning_rate", "spsa_delta": "delta"},
-                    lambda b: f"SPSA {b['spsa_steps']} steps × {b['spsa_samples']} samples",
-                    lambda b, eot: b["spsa_steps"] * b["spsa_samples"] * eot, gradient_free=True, full_set=False,
-                    eot_key="spsa_eot_samples"))
+_PGD = {"steps": Setting("steps", 50, legacy="pgd_steps"),
+        "step_size": Setting("step_size", None, _optional_positive, legacy="pgd_step_size"),
+        "restarts": Setting("restarts", 1, legacy="pgd_restarts")}
+register(AttackSpec("pgd", pgd, _PGD, _pgd_words, lambda s, eot: s["steps"] * s["restarts"] * eot * GRADIENT_COST))
+# One noise draw per step whatever the plan's EOT: shows what EOT adds against a random model.
+register(AttackSpec("pgd-no-eot", pgd, _PGD, lambda s: _pgd_words(s) + " (one draw)",
+                    lambda s, eot: s["steps"] * s["restarts"] * GRADIENT_COST, fixed_eot=1))
+register(AttackSpec("spsa", spsa, {"steps": Setting("steps", 100, legacy="spsa_steps"),
+                                   "samples": Setting("perturbations", 2048, _even, legacy="spsa_samples"),
+                                   "learning_rate": Setting("learning_rate", 0.01, _positive,
+                                                            legacy="spsa_learning_rate"),
+                                   "delta": Setting("delta", 0.01, _positive, legacy="spsa_delta")},
+                    lambda s: f"SPSA {s['steps']} steps × {s['samples']} samples",
+                    lambda s, eot: s["steps"] * s["samples"] * eot, gradient_free=True, full_set=False,
+                    images_key="spsa_images", eot_key="spsa_eot_samples"))
+_APGD_STEPS = Setting("steps", 100, legacy="apgd_steps")
+_TARGETS = Setting("targets", 9, legacy="target_classes")  # AutoAttack's
 for _loss in ("ce", "dlr"):
-    register(AttackSpec(f"apgd-{_loss}", apgd, {"apgd_steps": "steps"},
-                        lambda b: f"APGD {b['apgd_steps']} steps", _apgd_cost, options={"loss": _loss}))
-register(AttackSpec("apgd-t", apgd_targeted, {"apgd_steps": "steps", "target_classes": "targets"},
-                    lambda b: f"APGD-T {b['apgd_steps']} steps × {b['target_classes']} targets",
-                    lambda b, eot: _apgd_cost(b, eot) * b["target_classes"]))
+    register(AttackSpec(f"apgd-{_loss}", apgd, {"steps": _APGD_STEPS}, lambda s: f"APGD {s['steps']} steps",
+                        _apgd_cost, options={"loss": _loss}))
+register(AttackSpec("apgd-t", apgd_targeted, {"steps": _APGD_STEPS, "targets": _TARGETS},
+                    lambda s: f"APGD-T {s['steps']} steps × {s['targets']} targets",
+                    lambda s, eot: _apgd_cost(s, eot) * s["targets"]))
 
 
-def _fab_cost(b: Mapping, eot: int) -> float:
-    return b["fab_steps"] * b["target_classes"] * eot * (GRADIENT_COST + 1)  # a gradient and a check per step
+def _fab_cost(steps: int, targets: int, eot: int) -> float:
+    return steps * targets * eot * (GRADIENT_COST + 1)  # a gradient and a check per step
 
 
-register(AttackSpec("fab-t", fab_targeted, {"fab_steps": "steps", "target_classes": "targets"},
-                    lambda b: f"FAB-T {b['fab_steps']} steps × {b['target_classes']} targets",
-                    _fab_cost, full_set=False, seeded=False, images_key="autoattack_images",
-                    eot_key="autoattack_eot_samples"))
-register(AttackSpec("square", square, {"square_queries": "queries"},
-                    lambda b: f"Square {b['square_queries']} queries",
-                    lambda b, eot: b["square_queries"] * eot, gradient_free=True, full_set=False,
+register(AttackSpec("fab-t", fab_targeted, {"steps": Setting("steps", 100, legacy="fab_steps"), "targets": _TARGETS},
+                    lambda s: f"FAB-T {s['steps']} steps × {s['targets']} targets",
+                    lambda s, eot: _fab_cost(s["steps"], s["targets"], eot), full_set=False, seeded=False,
+                    images_key="autoattack_images", eot_key="autoattack_eot_samples"))
+_QUERIES = Setting("queries", 5000, legacy="square_queries")
+register(AttackSpec("square", square, {"queries": _QUERIES}, lambda s: f"Square {s['queries']} queries",
+                    lambda s, eot: s["queries"] * eot, gradient_free=True, full_set=False,
                     images_key="square_images", eot_key="square_eot_samples"))
 
 
-def _autoattack_words(b: Mapping) -> str:
+def _autoattack_words(s: Mapping) -> str:
     return (f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; rand with EOT: APGD-CE, APGD-DLR; "
-            f"APGD {b['apgd_steps']} steps, {b['target_classes']} targets, FAB {b['fab_steps']} steps, "
-            f"Square {b['square_queries']} queries)")
+            f"APGD {s['apgd_steps']} steps, {s['targets']} targets, FAB {s['fab_steps']} steps, "
+            f"Square {s['queries']} queries)")
 
 
-def _autoattack_cost(b: Mapping, eot: int) -> float:
+def _autoattack_cost(s: Mapping, eot: int) -> float:
+    apgd_cost = _apgd_cost({"steps": s["apgd_steps"]}, eot)
     if eot > 1:  # the rand version, for random models: APGD-CE and APGD-DLR
-        return 2 * _apgd_cost(b, eot)
-    return _apgd_cost(b, eot) * (1 + b["target_classes"]) + _fab_cost(b, eot) + b["square_queries"]
+        return 2 * apgd_cost
+    return apgd_cost * (1 + s["targets"]) + _fab_cost(s["fab_steps"], s["targets"], eot) + s["queries"]
 
 
-register(AttackSpec("autoattack", autoattack, {"apgd_steps": "steps", "square_queries": "queries",
-                                               "target_classes": "targets", "fab_steps": "fab_steps"},
+register(AttackSpec("autoattack", autoattack, {"apgd_steps": _APGD_STEPS, "targets": _TARGETS,
+                                               "fab_steps": Setting("fab_steps", 100, legacy="fab_steps"),
+                                               "queries": _QUERIES},
                     _autoattack_words, _autoattack_cost, full_set=False, images_key="autoattack_images",
                     eot_key="autoattack_eot_samples"))

@@ -1,0 +1,414 @@
+"""The evaluation plan: every number an evaluation uses, decided once.
+
+A `PlanRequest` is what was asked for: a preset (`paper`, `quick`,
+`autoattack`), the attacks, and overrides (`"pgd.steps": 20`, or a suite
+file's flat `pgd_steps`). `PlanRequest.resolve` turns it, with what probing the
+model showed (random or not) and the number of images, into a `Plan`: per
+attack its image indices, settings, EOT draws and seed, plus the masking
+checks'. The plan is the only source of the printed budget, the cost
+estimate, the run itself, results.csv/json and every table, so none of them
+can disagree. A plan is labelled with its reference protocol (the paper's or
+AutoAttack's) only when every field equals the reference's; otherwise the
+label names what differs.
+
+Example:
+    >>> request = PlanRequest.from_preset("quick").with_values({"pgd.steps": 10})
+    >>> plan = request.resolve(epsilon=0.1, random=True, num_images=100)
+    >>> plan.attack("pgd").settings["steps"], plan.attack("pgd").eot_samples
+    (10, 4)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from keras_pnil.attacks.eot import DEFAULT_EOT_SAMPLES
+from keras_pnil.attacks.registry import ATTACKS, GRADIENT_COST, get_attack
+from keras_pnil.validation import check_count, check_epsilon
+
+# Settings of the whole evaluation (not of one attack), with their defaults.
+GLOBALS = {"num_images": 1000, "eot_samples": DEFAULT_EOT_SAMPLES, "accuracy_draws": 10, "seed": 0}
+# Settings of the gradient-masking checks: how many of the images every attack saw they use (None: all
+# of them), and Square's queries as the gradient-free witness when Square is not among the attacks.
+CHECKS = {"enabled": True, "images": None, "square_queries": None}
+# Per attack, besides its own settings: its images (a count; None: all, or `spsa_images` for subset
+# attacks), its EOT draws on random models (None: `eot_samples`) and its seed (None: the plan's).
+COMMON = ("images", "eot_samples", "seed")
+
+# Presets in suite files' flat keys (`--budget`). The paper's protocol (Section 4): PGD-50 and SPSA
+# 100 × 2048 on 1000 images, EOT 100, on 5000 images; the other attacks at AutoAttack's values.
+PRESETS: dict[str, dict] = {
+    "paper": {"reference": "paper", "attacks": ("pgd", "spsa"),
+              "values": {"num_images": 5000, "eot_samples": 100, "accuracy_draws": 10, "spsa_images": 1000}},
+    # Sized for a 2-core CPU: a labelled reduction of the paper's protocol.
+    "quick": {"reference": "paper", "attacks": ("pgd", "spsa"),
+              "values": {"num_images": 500, "pgd_steps": 20, "spsa_steps": 10, "spsa_samples": 64,
+                         "spsa_images": 100, "apgd_steps": 20, "square_queries": 300, "eot_samples": 4,
+                         "accuracy_draws": 5}},
+    # AutoAttack's own budget (Croce & Hein): standard on deterministic models, rand (EOT 20) on random ones.
+    "autoattack": {"reference": "autoattack", "attacks": ("autoattack",),
+                   "values": {"num_images": 1000, "eot_samples": 20, "accuracy_draws": 10,
+                              "autoattack_images": 1000, "checks.images": 200, "checks.square_queries": 1000}},
+}
+# How a plan equal to a reference is labelled, and how one that differs names it.
+LABELS = {"paper": "paper protocol", "autoattack": "AutoAttack's budget"}
+REFERENCE_NAMES = {"paper": "the paper's protocol", "autoattack": "AutoAttack's budget"}
+
+
+def _check_global(name: str, value) -> Any:
+    if name == "seed":
+        return check_count(name, value, minimum=0)
+    return check_count(name, value)
+
+
+def _check_checks(name: str, value) -> Any:
+    if name == "enabled":
+        if not isinstance(value, bool):
+            raise ValueError(f"checks.enabled must be true or false; got {value!r}.")
+        return value
+    return None if value is None else check_count(f"checks.{name}", value)
+
+
+def _flat_keys() -> dict[str, list[tuple[str, str]]]:
+    """Flat budget key (suite files, older commands) → the (attack, setting) pairs it sets."""
+    keys: dict[str, list[tuple[str, str]]] = {}
+    for spec in ATTACKS.values():
+        for name, setting in spec.settings.items():
+            if setting.legacy:
+                keys.setdefault(setting.legacy, []).append((spec.name, name))
+        if spec.images_key:
+            keys.setdefault(spec.images_key, []).append((spec.name, "images"))
+        if spec.eot_key:
+            keys.setdefault(spec.eot_key, []).append((spec.name, "eot_samples"))
+    return keys
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What an evaluation was asked to do, before the model and the images are known.
+
+    Attributes:
+        preset: The preset it started from.
+        attacks: The attacks to run, in order.
+        values: The whole evaluation's settings (`GLOBALS`).
+        settings: Attack name → setting → value, for every registered attack (None: its default).
+        checks: The masking checks' settings (`CHECKS`).
+    """
+
+    preset: str
+    attacks: tuple[str, ...]
+    values: Mapping[str, Any]
+    settings: Mapping[str, Mapping[str, Any]]
+    checks: Mapping[str, Any]
+
+    @classmethod
+    def from_preset(cls, preset: str, attacks: Iterable[str] | None = None) -> PlanRequest:
+        """The request of a preset, with its own attacks unless `attacks` are given.
+
+        Example:
+            >>> PlanRequest.from_preset("quick", ["pgd"]).attacks
+            ('pgd',)
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown budget {preset!r}; expected one of {sorted(PRESETS)}.")
+        entry = PRESETS[preset]
+        settings = {name: {**spec.defaults(), **dict.fromkeys(COMMON)} for name, spec in ATTACKS.items()}
+        base = cls(preset, tuple(entry["attacks"]), dict(GLOBALS), settings, dict(CHECKS))
+        request = base.with_values(entry["values"])
+        return request if attacks is None else request.with_attacks(attacks)
+
+    def with_attacks(self, attacks: Iterable[str]) -> PlanRequest:
+        """The same request running `attacks` (a name, comma-separated names, or an iterable of them)."""
+        return replace(self, attacks=attack_names(attacks))
+
+    def with_values(self, values: Mapping[str, Any]) -> PlanRequest:
+        """The request with `values` set: `"ATTACK.SETTING"` (`"pgd.steps"`), `"checks.NAME"`, a global
+        (`"num_images"`, `"eot_samples"`, `"accuracy_draws"`, `"seed"`), or a suite file's flat key
+        (`"pgd_steps"`, which may set several attacks). Each value is checked; an unknown key is an error.
+        """
+        glob, settings, checks = dict(self.values), {k: dict(v) for k, v in self.settings.items()}, dict(self.checks)
+        flat = _flat_keys()
+        for key, value in values.items():
+            if key in GLOBALS:
+                glob[key] = _check_global(key, value)
+            elif key in flat:
+                for attack, name in flat[key]:
+                    settings[attack][name] = _check_setting(attack, name, value)
+            elif key.startswith("checks."):
+                name = key.split(".", 1)[1]
+                if name not in CHECKS:
+                    raise ValueError(f"the checks have no setting {name!r}; they have {sorted(CHECKS)}.")
+                checks[name] = _check_checks(name, value)
+            elif "." in key:
+                attack, name = key.split(".", 1)
+                get_attack(attack)
+                settings[attack][name] = _check_setting(attack, name, value)
+            else:
+                raise ValueError(f"unknown plan setting {key!r}; expected ATTACK.SETTING (e.g. pgd.steps, "
+                                 f"spsa.images), checks.SETTING, or one of {sorted(GLOBALS)}.")
+        return replace(self, values=glob, settings=settings, checks=checks)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (only the attacks that run and the checks' witnesses keep their settings)."""
+        kept = dict.fromkeys([*self.attacks, "pgd", "square"])
+        return {"preset": self.preset, "attacks": list(self.attacks), **self.values,
+                "settings": {a: dict(self.settings[a]) for a in kept}, "checks": dict(self.checks)}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping) -> PlanRequest:
+        """The request `to_dict` wrote (a plan file), checked as if typed by the user."""
+        stored = dict(stored.get("request", stored))  # a resolved plan's file holds its request
+        request = cls.from_preset(stored.get("preset", "paper"), stored.get("attacks"))
+        values = {k: stored[k] for k in GLOBALS if k in stored}
+        for attack, settings in (stored.get("settings") or {}).items():
+            get_attack(attack)
+            values.update({f"{attack}.{k}": v for k, v in settings.items()})
+        values.update({f"checks.{k}": v for k, v in (stored.get("checks") or {}).items()})
+        return request.with_values(values)
+
+    def resolve(self, *, epsilon: float, random: bool, num_images: int, training: Mapping | None = None) -> Plan:
+        """The plan for a model that is `random` or not, on `num_images` images.
+
+        Subsets are nested prefixes of one seeded permutation of the images, so
+        the smallest is seen by every attack. A deterministic model gets one EOT
+        draw and one accuracy draw everywhere.
+        """
+        epsilon = check_epsilon(epsilon)
+        n = check_count("number of images", num_images)
+        seed = self.values["seed"]
+        order = np.random.default_rng(seed).permutation(n)
+        attacks = tuple(self._attack_plan(name, order, random, seed) for name in self.attacks)
+        common = _common(attacks, n)
+        draws = self.values["accuracy_draws"] if random else 1
+        checks = self._checks_plan(order, common, random, seed) if self.checks["enabled"] else None
+        training = {k: v for k, v in (training or {}).items() if v is not None}
+        return Plan(self, epsilon, n, random, draws, seed, attacks, common, checks, training)
+
+    def _attack_plan(self, name: str, order: np.ndarray, random: bool, seed: int) -> AttackPlan:
+        spec, chosen = get_attack(name), self.settings[name]
+        count = chosen["images"] or (len(order) if spec.full_set else self.settings["spsa"]["images"] or len(order))
+        eot = spec.fixed_eot or ((chosen["eot_samples"] or self.values["eot_samples"]) if random else 1)
+        own = {k: chosen[k] for k in spec.settings}
+        return AttackPlan(name, own, tuple(np.sort(order[:min(count, len(order))]).tolist()), eot,
+                          seed if chosen["seed"] is None else chosen["seed"])
+
+    def _checks_plan(self, order, common: tuple, random: bool, seed: int) -> ChecksPlan:
+        count = min(self.checks["images"] or len(common), len(common))
+        members = set(common)
+        chosen = tuple(np.sort([i for i in order if i in members][:count]).tolist())
+        square = self.settings["square"]
+        queries = self.checks["square_queries"] or square["queries"]
+        eot = (square["eot_samples"] or self.values["eot_samples"]) if random else 1
+        pgd = self.settings["pgd"]
+        return ChecksPlan(chosen, pgd["steps"], pgd["step_size"], self.values["eot_samples"] if random else 1,
+                          queries, eot, seed)
+
+
+def _check_setting(attack: str, name: str, value) -> Any:
+    if name in COMMON:
+        return None if value is None else check_count(f"{attack}.{name}", value, minimum=0 if name == "seed" else 1)
+    return get_attack(attack).check(name, value)
+
+
+def _common(attacks: tuple, n: int) -> tuple:
+    """The images every attack ran on (all of them when no attack ran)."""
+    common = set(range(n))
+    for attack in attacks:
+        common &= set(attack.images)
+    return tuple(sorted(common))
+
+
+def attack_names(attacks) -> tuple[str, ...]:
+    """Attack names from a name, comma-separated names, or an iterable of names; each must be registered.
+
+    Example:
+        >>> attack_names("pgd,spsa")
+        ('pgd', 'spsa')
+    """
+    if isinstance(attacks, str):
+        attacks = attacks.split(",")
+    names = tuple(dict.fromkeys(str(a).strip() for a in attacks if str(a).strip()))
+    if not names:
+        raise ValueError("name at least one attack; expected some of " + ", ".join(sorted(ATTACKS)) + ".")
+    for name in names:
+        get_attack(name)
+    return names
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """One attack as it runs: its settings, the indices of its images, its EOT draws and its seed."""
+
+    name: str
+    settings: Mapping[str, Any]
+    images: tuple[int, ...]
+    eot_samples: int
+    seed: int
+
+    @property
+    def spec(self):
+        return get_attack(self.name)
+
+    def describe(self) -> str:
+        """Its budget in words, e.g. `PGD 50 steps`."""
+        return self.spec.describe(self.settings)
+
+    def cost(self) -> float:
+        """Forward-pass equivalents of running it."""
+        return len(self.images) * self.spec.cost(self.settings, self.eot_samples)
+
+    def run(self, model, x, y, epsilon: float) -> np.ndarray:
+        """The adversarial images of `x[self.images]` (x, y: all evaluation images)."""
+        idx = np.asarray(self.images, dtype=int)
+        return self.spec(model, x[idx], y[idx], epsilon, self.settings, eot_samples=self.eot_samples, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class ChecksPlan:
+    """The gradient-masking checks: their images, PGD's steps and EOT, and Square as the witness."""
+
+    images: tuple[int, ...]
+    pgd_steps: int
+    pgd_step_size: float | None
+    eot_samples: int
+    square_queries: int
+    square_eot_samples: int
+    seed: int
+
+    def cost(self, square_witness: bool) -> float:
+        pgd = self.pgd_steps * self.eot_samples * GRADIENT_COST * 3  # large-ε PGD, then steps and EOT doubled
+        return len(self.images) * (pgd + (self.square_queries * self.square_eot_samples if square_witness else 0))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An evaluation as it will run (see the module's docstring). Built by `PlanRequest.resolve`."""
+
+    request: PlanRequest
+    epsilon: float
+    num_images: int
+    random: bool
+    accuracy_draws: int
+    seed: int
+    attacks: tuple[AttackPlan, ...]
+    common_images: tuple[int, ...]  # the images every attack ran on: where Min is taken
+    checks: ChecksPlan | None
+    training: Mapping[str, int] = field(default_factory=dict)  # the model's training budget, when known
+
+    def attack(self, name: str) -> AttackPlan:
+        """The plan of the attack `name`."""
+        for attack in self.attacks:
+            if attack.name == name:
+                return attack
+        raise ValueError(f"the plan has no attack {name!r}; it has {[a.name for a in self.attacks]}.")
+
+    @property
+    def reference(self) -> str:
+        return PRESETS[self.request.preset]["reference"]
+
+    def differences(self) -> list[tuple[str, Any, Any]]:
+        """(field, ours, the reference's) for every field that differs from the reference protocol."""
+        reference = PlanRequest.from_preset(self.reference).resolve(
+            epsilon=self.epsilon, random=self.random, num_images=PRESETS[self.reference]["values"]["num_images"])
+        ours, theirs = _fields(self), _fields(reference)
+        diffs = [(k, ours.get(k, "not run"), v) for k, v in theirs.items() if ours.get(k, "not run") != v]
+        return diffs + [(k, v, "not run") for k, v in ours.items() if k not in theirs]
+
+    def label(self) -> str:
+        """`paper protocol` / `AutoAttack's budget` when every field equals it; else what differs."""
+        diffs = self.differences()
+        if not diffs:
+            return LABELS[self.reference] + (" (rand: EOT on a random model)" if self.random else "")
+        name = REFERENCE_NAMES[self.reference]
+        reduced = any(_smaller(ours, theirs) for _, ours, theirs in diffs)
+        words = ", ".join(f"{k} {_word(ours)} (reference {_word(theirs)})" for k, ours, theirs in diffs[:6])
+        more = f", and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+        return f"{'REDUCED budget' if reduced else 'a different budget'} (not {name}: {words}{more})"
+
+    def describe(self) -> str:
+        """One line naming the label, ε, images, each attack's budget, EOT draws and the training budget."""
+        parts = [f"{self.label()}: ε={self.epsilon:.4g}, {self.num_images} images"]
+        for attack in self.attacks:
+            words = attack.describe()
+            if len(attack.images) != self.num_images:
+                words += f" on {len(attack.images)} of them"
+            words += f" (EOT {attack.eot_samples})" if self.random else ""
+            parts.append(words)
+        if self.checks is not None and "square" not in [a.name for a in self.attacks]:
+            parts.append(f"Square {self.checks.square_queries} queries on {len(self.checks.images)} images "
+                         "(masking witness)")
+        parts.append(f"Min on the {len(self.common_images)} images every attack saw")
+        parts.append(f"random model: accuracy over {self.accuracy_draws} draws" if self.random
+                     else "deterministic model: no EOT, one draw")
+        return ", ".join(parts) + self._training()
+
+    def _training(self) -> str:
+        epochs, patience = self.training.get("epochs"), self.training.get("patience")
+        if epochs is None:
+            return ""
+        if patience is None:
+            return f", {epochs} training epochs"
+        return f", trained to convergence: at most {epochs} epochs, stopped after {patience} without a new best"
+
+    def cost_units(self) -> float:
+        """Forward-pass equivalents (a backward pass counts two) of the whole evaluation, checks included.
+
+        A rough count: restarts and ensembles are counted in full, though they run only on the images
+        still standing.
+        """
+        accuracy = (self.num_images + sum(len(a.images) for a in self.attacks)) * self.accuracy_draws
+        checks = self.checks.cost("square" not in [a.name for a in self.attacks]) if self.checks else 0
+        return accuracy + sum(a.cost() for a in self.attacks) + checks
+
+    def to_dict(self) -> dict:
+        """The plan as JSON-ready data (its request, and every resolved number)."""
+        return {"request": self.request.to_dict(), "epsilon": self.epsilon, "num_images": self.num_images,
+                "random": self.random, "accuracy_draws": self.accuracy_draws, "seed": self.seed,
+                "attacks": [asdict(a) | {"settings": dict(a.settings), "images": list(a.images)}
+                            for a in self.attacks],
+                "common_images": list(self.common_images),
+                "checks": None if self.checks is None else asdict(self.checks) | {"images": list(self.checks.images)},
+                "training": dict(self.training), "label": self.label()}
+
+    def summary(self) -> dict:
+        """The plan without its image indices (for `--show-plan`)."""
+        shown = self.to_dict()
+        for attack in shown["attacks"]:
+            attack["images"] = len(attack["images"])
+        shown["common_images"] = len(shown["common_images"])
+        if shown["checks"]:
+            shown["checks"]["images"] = len(shown["checks"]["images"])
+        return shown
+
+    def fingerprint(self) -> str:
+        """A hash of every number of the plan: results are reused only for an equal fingerprint."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _fields(plan: Plan) -> dict:
+    """The plan's numbers that a reference protocol fixes, keyed `attack.setting` (EOT only if random)."""
+    fields = {"images": plan.num_images}
+    if plan.random:
+        fields["accuracy draws"] = plan.accuracy_draws
+    for attack in plan.attacks:
+        fields.update({f"{attack.name}.{k}": v for k, v in attack.settings.items()})
+        fields[f"{attack.name}.images"] = "all" if len(attack.images) == plan.num_images else len(attack.images)
+        if plan.random:
+            fields[f"{attack.name}.eot_samples"] = attack.eot_samples
+    return fields
+
+
+def _smaller(ours, theirs) -> bool:
+    if ours == "not run":
+        return True
+    return isinstance(ours, int | float) and isinstance(theirs, int | float) and ours < theirs
+
+
+def _word(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
