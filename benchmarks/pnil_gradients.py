@@ -28,7 +28,7 @@ def gradient_rows(run: Path, images: int) -> dict:
     trained = kp.adversarial(model, config["method"], config["epsilon"], **config["method_options"])
     return {"initial": kp.evaluation.pnil_gradients(recipe.build_trainer(config), x[chosen], y[chosen]),
             "trained": kp.evaluation.pnil_gradients(trained, x[chosen], y[chosen]),
-            "steps": int(config["n_train"] // config["batch_size"]) * len(kp.report.read_history(
+            "steps": int(config["n_train"] // config["batch_size"]) * len(kp.history.read_history(
                 run / runs.HISTORY).get("epoch", [])), "max_lr": config["max_lr"] * config["pnil_lr_multiplier"]}
 
 

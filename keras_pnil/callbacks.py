@@ -10,10 +10,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_pnil import evaluation, report
+from keras_pnil import evaluation
 from keras_pnil.attacks.eot import probe
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.files import atomic_write_json, read_json
+from keras_pnil.history import read_history
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -74,7 +75,7 @@ class ConvergenceStop(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.best, self.wait, self.stopped_at = math.inf, 0, None
-        for value in report.read_history(self.history).get(self.monitor, []) if self.history else []:
+        for value in read_history(self.history).get(self.monitor, []) if self.history else []:
             self._update(value)
 
     def on_epoch_end(self, epoch, logs=None):

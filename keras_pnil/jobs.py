@@ -87,7 +87,7 @@ def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
     records.write_record(path, job.key, {"record": record})
     layer = find_pnil(job.model)
     if layer is not None:
-        from keras_pnil import report as figures  # matplotlib only when a PNIL map is drawn
+        from keras_pnil import figures  # matplotlib only when a PNIL map is drawn
 
         figures.plot_pnil_maps(layer, job.x[0], Path(out) / f"{job.name}_pnil.png", title=f"{job.name}: learned PNIL")
     return record

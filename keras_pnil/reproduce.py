@@ -19,9 +19,11 @@ import keras
 
 from keras_pnil import curves as pgd_curves
 from keras_pnil import data, experiments, models, pnil_diagnostics, report, runs, throughput
+from keras_pnil.figures import plot_curve, plot_pnil_history, plot_pnil_maps, plot_training_curves
 from keras_pnil.files import atomic_write_json, atomic_write_text
 from keras_pnil.layers import find_pnil
 from keras_pnil.plan import PlanRequest
+from keras_pnil.summary import suite_summary
 
 OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
 
@@ -185,17 +187,17 @@ def _plot_dataset(dataset: str, epsilon: float, curves: dict, histories: dict, s
     eot = {label: c["eot"] for label, c in curves.items() if "eot" in c}
     sweeps = {label: c["sweep"] for label, c in curves.items() if "sweep" in c}
     if eot:
-        paths.append(report.plot_curve(settings["eot_samples"], eot, results_dir / f"fig4_eot_{dataset}.png",
-                                       "EOT samples", f"{dataset}: PGD-{steps} at ε={epsilon:.4g}", log_x=True))
+        paths.append(plot_curve(settings["eot_samples"], eot, results_dir / f"fig4_eot_{dataset}.png",
+                                "EOT samples", f"{dataset}: PGD-{steps} at ε={epsilon:.4g}", log_x=True))
     if sweeps:
-        paths.append(report.plot_curve([m * epsilon for m in settings["epsilon_multiples"]], sweeps,
-                                       results_dir / f"fig5_epsilon_{dataset}.png", "ε",
-                                       f"{dataset}: PGD-{steps} (EOT {settings.get('eot', 1)} for PNIL)"))
+        paths.append(plot_curve([m * epsilon for m in settings["epsilon_multiples"]], sweeps,
+                                results_dir / f"fig5_epsilon_{dataset}.png", "ε",
+                                f"{dataset}: PGD-{steps} (EOT {settings.get('eot', 1)} for PNIL)"))
     if settings.get("training_curves"):
-        paths.append(report.plot_training_curves(histories, results_dir / f"training_{dataset}.png",
-                                                 f"{dataset}, ε={epsilon:.4g}: per-epoch accuracy"))
-        sigma = report.plot_pnil_history(histories, results_dir / f"pnil_sigma_{dataset}.png",
-                                         f"{dataset}, ε={epsilon:.4g}: PNIL noise per epoch")
+        paths.append(plot_training_curves(histories, results_dir / f"training_{dataset}.png",
+                                          f"{dataset}, ε={epsilon:.4g}: per-epoch accuracy"))
+        sigma = plot_pnil_history(histories, results_dir / f"pnil_sigma_{dataset}.png",
+                                  f"{dataset}, ε={epsilon:.4g}: PNIL noise per epoch")
         paths += [sigma] if sigma else []
     return paths
 
@@ -220,8 +222,8 @@ def _figures(suite, budget, specs, runs_dir: Path, results_dir: Path, data_cache
             layer = find_pnil(model)
             if layer is not None:
                 structure[spec.name] = pnil_diagnostics.pnil_structure(layer, x)
-                paths.append(report.plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
-                                                   title=f"{spec.name}: learned PNIL"))
+                paths.append(plot_pnil_maps(layer, x[0], results_dir / f"fig1_pnil_{dataset}_{spec.method}.png",
+                                            title=f"{spec.name}: learned PNIL"))
         histories = {_label(s): runs_dir / s.name / runs.HISTORY for s in chosen}
         paths += _plot_dataset(dataset, config["epsilon"], curves, histories, settings, results_dir)
     return {"structure": structure, "paths": paths, "settings": settings}
@@ -304,7 +306,7 @@ def _write_summary(suite, budget, specs, records, figures, timings, runs_dir: Pa
                    planned: int | None = None) -> Path:
     tables = report.write_tables(records, results_dir)
     histories = {s.name: runs_dir / s.name / runs.HISTORY for s in specs}
-    summary = report.suite_summary(suite, budget, records, figures, timings, tables, specs, histories, planned)
+    summary = suite_summary(suite, budget, records, figures, timings, tables, specs, histories, planned)
     path = results_dir / "summary.md"
     atomic_write_text(path, summary)
     print(summary)

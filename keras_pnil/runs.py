@@ -21,9 +21,10 @@ import keras
 import numpy as np
 
 from keras_pnil import data as datasets
-from keras_pnil import jobs, models, recipe, records, report
+from keras_pnil import jobs, models, recipe, records
 from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, ConvergenceStop, PNILStatistics
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
+from keras_pnil.history import read_history
 from keras_pnil.layers import DEFAULT_BIAS, LOG_VARIANCE_RANGE, find_pnil
 from keras_pnil.plan import PlanRequest
 from keras_pnil.training import METHODS, get_perturbation
@@ -198,7 +199,7 @@ def train_run(config: dict, out, data=None) -> str:
     monitor = val_idx[: config["monitor_images"]]
     start = time.time()
     history, stop_reason = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out)
-    finished = len(report.read_history(out / HISTORY).get("epoch", []))
+    finished = len(read_history(out / HISTORY).get("epoch", []))
     if finished < config["epochs"] and stop_reason is None:
         raise RunError(f"{out}: training stopped after {finished} of {config['epochs']} epochs; "
                        "not marked finished (run the command again to resume)")

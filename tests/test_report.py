@@ -1,6 +1,6 @@
 import json
 
-from keras_pnil import report
+from keras_pnil import figures, history, report, summary
 
 
 def _records(pnil_min):
@@ -33,25 +33,25 @@ def test_attack_columns_follow_the_registry():
 def test_figures_are_written(trained_pair, tmp_path, mnist):
     _, (xt, _) = mnist
     layer = trained_pair[True].get_layer("pnil")
-    maps = report.plot_pnil_maps(layer, xt[0], tmp_path / "maps.png")
-    curve = report.plot_curve([1, 10, 100], {"PNIL": [0.9, 0.7, 0.65]}, tmp_path / "eot.png", "EOT samples", "t",
-                              log_x=True)
+    maps = figures.plot_pnil_maps(layer, xt[0], tmp_path / "maps.png")
+    curve = figures.plot_curve([1, 10, 100], {"PNIL": [0.9, 0.7, 0.65]}, tmp_path / "eot.png", "EOT samples", "t",
+                               log_x=True)
     for path in (maps, curve):
         assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
 def test_collapse_epoch_is_the_first_big_fall():
-    assert report.collapse_epoch([0.5, 0.6, 0.3, 0.1]) == 3
-    assert report.collapse_epoch([0.5, 0.45, 0.4]) is None
+    assert history.collapse_epoch([0.5, 0.6, 0.3, 0.1]) == 3
+    assert history.collapse_epoch([0.5, 0.45, 0.4]) is None
 
 
 def test_pnil_noise_curves_are_drawn_only_for_runs_that_logged_them(tmp_path):
     pnil, plain = tmp_path / "pnil.csv", tmp_path / "plain.csv"
     pnil.write_text("epoch,pnil_sigma_object,pnil_sigma_background\n0,0.08,0.08\n1,0.05,0.09\n")
     plain.write_text("epoch,val_loss\n0,0.3\n1,0.2\n")
-    assert report.plot_pnil_history({"baseline": plain}, tmp_path / "none.png", "t") is None
-    path = report.plot_pnil_history({"baseline": plain, "PNIL": pnil}, tmp_path / "sigma.png", "t")
+    assert figures.plot_pnil_history({"baseline": plain}, tmp_path / "none.png", "t") is None
+    path = figures.plot_pnil_history({"baseline": plain, "PNIL": pnil}, tmp_path / "sigma.png", "t")
     assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "none.png").exists()
 
@@ -60,9 +60,9 @@ def test_training_columns_say_how_many_epochs_ran_and_which_was_best(tmp_path):
     from keras_pnil.reproduce import RunSpec
 
     spec = RunSpec("mnist", "nfgsm", True, 0)
-    history = tmp_path / "history.csv"
-    history.write_text("epoch,val_loss\n0,0.5\n1,0.3\n2,0.35\n3,0.31\n4,0.4\n")
-    row = report.training_columns([spec], {spec.name: history}, {f"train/{spec.name}": 42.0})[spec.name]
+    log = tmp_path / "history.csv"
+    log.write_text("epoch,val_loss\n0,0.5\n1,0.3\n2,0.35\n3,0.31\n4,0.4\n")
+    row = summary.training_columns([spec], {spec.name: log}, {f"train/{spec.name}": 42.0})[spec.name]
     assert row["epochs"] == "5 (best 2)" and row["train s"] == "42"
 
 
@@ -72,9 +72,9 @@ def test_wall_time_counts_only_the_reported_runs_per_data_set():
     mnist, fashion = RunSpec("mnist", "nfgsm", True, 0), RunSpec("fashion_mnist", "nfgsm", True, 0)
     timings = {f"train/{mnist.name}": 600.0, f"evaluate/{mnist.name}": 1200.0,
                f"train/{fashion.name}": 60.0, f"evaluate/{fashion.name}": 120.0, "figures": 30.0}
-    assert report.timings_markdown(timings, [fashion]) == \
+    assert summary.timings_markdown(timings, [fashion]) == \
         "fashion_mnist train 1.0 min, fashion_mnist evaluate 2.0 min, figures 0.5 min; total 3.5 min"
-    both = report.timings_markdown(timings, [mnist, fashion])
+    both = summary.timings_markdown(timings, [mnist, fashion])
     assert both.startswith("mnist train 10.0 min, mnist evaluate 20.0 min") and both.endswith("total 33.5 min")
 
 
