@@ -59,6 +59,21 @@ def trained_pair(mnist):
     return models
 
 
+@pytest.fixture(scope="session")
+def clean_control(mnist):
+    """The control for `trained_pair`: the same CNN, seed and budget, trained on clean images only."""
+    import keras_pnil as kp
+
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    model = kp.models.small_cnn(seed=0, filters=(8, 16), dense_units=64)
+    trainer = kp.adversarial(model, "clean", 8 / 255)
+    trainer.compile(optimizer=keras.optimizers.Adam(2e-3),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.fit(x[:3000], y[:3000], batch_size=100, epochs=2, verbose=0)
+    return model
+
+
 def _with_noise(model: keras.Model, log_variance: float) -> keras.Model:
     """A copy of a PNIL model with its bias B set to `log_variance` on every pixel (σ ≈ e^(B/2): W stays ≈ 0)."""
     copy = keras.models.clone_model(model)

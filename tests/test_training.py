@@ -121,12 +121,23 @@ def test_mirrored_strategy_matches_one_device(mnist):
     assert min(acc) > 0.5 and abs(acc[0] - acc[1]) < 0.05
 
 
-def test_nfgsm_reaches_high_pgd_accuracy_on_mnist(trained_pair, mnist):
-    # Budget: 3,000 training images, 2 epochs, 8/16-filter CNN; PGD-20 on 300 test images, EOT 4 for PNIL.
+def test_nfgsm_is_more_robust_than_its_clean_trained_control_on_mnist(trained_pair, clean_control, mnist):
+    # Budget: 3,000 training images, 2 epochs, 8/16-filter CNN; PGD-20 on 500 test images, EOT 4 for PNIL.
+    # At this budget the clean control already holds about 0.79 at ε = 8/255 (MNIST is easy at that radius),
+    # so a threshold alone proves nothing: NFGSM must beat the control, by a little at the training ε and by
+    # a wide margin at ε = 0.1 (measured over seeds 0-2: +2 to +6 points at 8/255, +18 to +24 at 0.1).
     _, (xt, yt) = mnist
-    for pnil, model in trained_pair.items():
-        x_adv = kp.pgd(model, xt[:300], yt[:300], 8 / 255, steps=20, eot_samples=4 if pnil else 1)
-        assert kp.evaluation.accuracy(model, x_adv, yt[:300], draws=3) > 0.75
+    x, y = xt[:500], yt[:500]
+
+    def pgd_accuracy(model, epsilon, draws):
+        x_adv = kp.pgd(model, x, y, epsilon, steps=20, eot_samples=draws)
+        return kp.accuracy(model, x_adv, y, draws=3 if draws > 1 else 1)
+
+    for epsilon, margin, floor in ((8 / 255, 0.02, 0.75), (0.1, 0.12, 0.45)):
+        control = pgd_accuracy(clean_control, epsilon, 1)
+        worst = min(pgd_accuracy(model, epsilon, 4 if pnil else 1) for pnil, model in trained_pair.items())
+        print(f"PGD-20 accuracy at ε = {epsilon:.3f}: clean control {control:.3f}, NFGSM (worst of ±PNIL) {worst:.3f}")
+        assert worst > control + margin and worst > floor
 
 
 
@@ -160,3 +171,89 @@ def test_pgd_early_stop_moves_only_images_still_classified_right(monkeypatch, ea
     pgd = get_perturbation("pgd", 0.3, steps=3, step_size=0.1, early_stop=early_stop)
     adv = pgd(model_fn, tf.constant([[0.9, 0.5], [0.1, 0.5]]), tf.constant([0, 0])).numpy()
     np.testing.assert_allclose(adv, expected, atol=1e-6)
+
+
+def _linear_fn(weights):
+    """model_fn with logits (z·w, 0): for label 1 the loss log(1 + e^(z·w)) has the gradient σ(z·w)·w."""
+    w = tf.constant([weights], tf.float32)
+    return lambda z: tf.stack([tf.reduce_sum(z * w, axis=1), tf.zeros_like(z[:, 0])], axis=1)
+
+
+def test_fgsm_on_a_hand_computed_case():
+    # z·w = 0.5 - 1 + 2.85 = 2.35 at x; the gradient σ(2.35)·(1, -2, 3) has signs (+, -, +), so
+    # x + 0.1·(1, -1, 1) = (0.6, 0.4, 1.05), clipped to (0.6, 0.4, 1.0). (Without the sign: (0.591, 0.317, 1.0).)
+    fgsm = get_perturbation("fgsm", 0.1)
+    adv = fgsm(_linear_fn([1.0, -2.0, 3.0]), tf.constant([[0.5, 0.5, 0.95]]), tf.constant([1])).numpy()
+    np.testing.assert_allclose(adv, [[0.6, 0.4, 1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 2.0])
+def test_nfgsm_trains_on_uniform_noise_of_k_epsilon_plus_the_signed_step(multiplier):
+    # Linear model: the signed gradient is (+1, -1) everywhere, so adv - x - ε·(1, -1) is NFGSM's own noise,
+    # which must be U(-kε, kε) (x = 0.5 keeps every point inside [0, 1]: no clipping).
+    eps, n = 0.05, 4000
+    x = tf.fill([n, 2], 0.5)
+    nfgsm = get_perturbation("nfgsm", eps, noise_multiplier=multiplier)
+    noise = (nfgsm(_linear_fn([1.0, -1.0]), x, tf.ones([n], tf.int32)) - x).numpy() - eps * np.array([1.0, -1.0])
+    radius = multiplier * eps
+    assert np.abs(noise).max() <= radius + 1e-6 and np.abs(noise).max() > 0.98 * radius
+    assert noise.std() == pytest.approx(radius / np.sqrt(3), rel=0.05) and abs(noise.mean()) < 0.02 * radius
+
+
+def test_nfgsm_takes_its_gradient_over_eot_samples_draws():
+    batches = []
+
+    def spy(z):  # records how many images each forward pass sees
+        batches.append(int(z.shape[0]))
+        return _linear_fn([1.0, -1.0])(z)
+
+    get_perturbation("nfgsm", 0.1, eot_samples=5)(spy, tf.fill([3, 2], 0.5), tf.ones([3], tf.int32))
+    assert batches == [15]  # 5 draws of 3 images, in one pass
+
+
+def test_rfgsm_projects_its_step_back_to_the_ball(monkeypatch):
+    # As above with α = 0.5: u + α·(1, -1) = (0.3, -0.4) is projected to (0.3, -0.3): x + δ = (0.3, 0.2).
+    # (Unprojected it would be (0.3, 0.1), 0.4 from x.)
+    np.testing.assert_allclose(_hand_case(monkeypatch, "rfgsm", alpha=0.5), [[0.3, 0.2]], atol=1e-6)
+
+
+def test_pgd_training_stays_in_the_ball_on_a_hand_computed_case(monkeypatch):
+    # No random start; the signed gradient is (+1, -1) everywhere: 4 steps of 0.1 end at x ± ε, not x ± 0.4.
+    monkeypatch.setattr("keras_pnil.training._uniform", lambda x, radius: tf.zeros_like(x))
+    pgd = get_perturbation("pgd", 0.25, steps=4, step_size=0.1)
+    adv = pgd(_linear_fn([1.0, -1.0]), tf.constant([[0.5, 0.5]]), tf.constant([1])).numpy()
+    np.testing.assert_allclose(adv, [[0.75, 0.25]], atol=1e-6)
+
+
+def _dense_model():
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+
+
+def _one_sgd_step(model, x, y):
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+def test_fit_steps_on_the_perturbed_batch_not_the_clean_one():
+    # One SGD step of `fit` must equal one plain Keras step on FGSM(x) computed with the weights before it
+    # (FGSM and this network are deterministic), and differ from a step on x itself.
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(size=(16, 4, 4, 1)).astype("float32"), rng.integers(0, 3, 16)
+    model = _dense_model()
+    start = model.get_weights()
+    x_adv = get_perturbation("fgsm", 0.1)(lambda z: model(z, training=True), tf.constant(x), tf.constant(y)).numpy()
+    assert np.abs(x_adv - x).max() == pytest.approx(0.1, abs=1e-6)
+
+    def plain_step(inputs):
+        plain = _dense_model()
+        plain.set_weights(start)
+        return _one_sgd_step(plain, inputs, y)
+
+    adversarial = _one_sgd_step(kp.adversarial(model, "fgsm", 0.1), x, y)
+    on_perturbed, on_clean = plain_step(x_adv), plain_step(x)
+    for a, b in zip(adversarial, on_perturbed, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(adversarial, on_clean, strict=True)) > 1e-3
