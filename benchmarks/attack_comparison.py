@@ -69,7 +69,7 @@ def main() -> None:
     model = trained_model(args.model, x, y, args.epsilon)
     images, labels = xt[-args.images:], yt[-args.images:]
     print(f"MNIST, {args.images} test images, ε={args.epsilon}, clean accuracy "
-          f"{kp.evaluation.accuracy(model, images, labels):.3f}")
+          f"{kp.accuracy(model, images, labels):.3f}")
     print(f"{'attack':<22}{'accuracy':>10}{'seconds':>10}")
     seconds = {}
     for name, attack in attacks(model, args.epsilon, args).items():
@@ -78,7 +78,7 @@ def main() -> None:
         adv = attack(images, labels)
         seconds[name] = time.perf_counter() - start
         assert np.abs(adv - images).max() <= args.epsilon + 1e-5
-        print(f"{name:<22}{kp.evaluation.accuracy(model, adv, labels):>10.3f}{seconds[name]:>10.1f}")
+        print(f"{name:<22}{kp.accuracy(model, adv, labels):>10.3f}{seconds[name]:>10.1f}")
     floor = model_work(model, images, labels)
     for kind, units, unit in ((f"APGD-CE-{args.apgd_steps}", args.apgd_steps * floor["gradient"], "gradients"),
                               (f"Square-{args.square_queries}", args.square_queries * floor["forward"],

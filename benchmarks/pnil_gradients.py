@@ -2,7 +2,7 @@
 
 For each PNIL training run given, the run's own training perturbation is applied to batches of its own
 training images and the gradient of the cross-entropy with respect to W and B is taken per batch
-(`keras_pnil.evaluation.pnil_gradients`), once for the run's initial weights (rebuilt from its
+(`keras_pnil.pnil_diagnostics.pnil_gradients`), once for the run's initial weights (rebuilt from its
 configuration and seed) and once for its trained model. Adam moves a parameter by about its learning
 rate × the sign consistency of its gradient per step, so the table says how far B and W could travel in
 the run's steps. Usage:
@@ -26,8 +26,8 @@ def gradient_rows(run: Path, images: int) -> dict:
     train_idx, _ = runs.training_indices(config, len(x), len(xt))
     chosen = np.sort(np.random.default_rng(1).permutation(train_idx)[:images])
     trained = kp.adversarial(model, config["method"], config["epsilon"], **config["method_options"])
-    return {"initial": kp.evaluation.pnil_gradients(recipe.build_trainer(config), x[chosen], y[chosen]),
-            "trained": kp.evaluation.pnil_gradients(trained, x[chosen], y[chosen]),
+    return {"initial": kp.pnil_diagnostics.pnil_gradients(recipe.build_trainer(config), x[chosen], y[chosen]),
+            "trained": kp.pnil_diagnostics.pnil_gradients(trained, x[chosen], y[chosen]),
             "steps": int(config["n_train"] // config["batch_size"]) * len(kp.history.read_history(
                 run / runs.HISTORY).get("epoch", [])), "max_lr": config["max_lr"] * config["pnil_lr_multiplier"]}
 

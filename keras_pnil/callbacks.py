@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_pnil import evaluation
+from keras_pnil import correctness, pnil_diagnostics
 from keras_pnil.attacks.eot import probe
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.files import atomic_write_json, read_json
@@ -145,7 +145,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
 
     def _pgd_accuracy(self, eot_samples: int) -> float:
         x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps, eot_samples=eot_samples)
-        return evaluation.accuracy(self.model, x_adv, self.y)
+        return correctness.accuracy(self.model, x_adv, self.y)
 
     def on_epoch_end(self, epoch, logs=None):
         random = probe(self.model, self.x).random
@@ -170,7 +170,7 @@ class PNILStatistics(keras.callbacks.Callback):
     Adds `pnil_sigma_object` and `pnil_sigma_background` (mean noise σ on
     the object and background pixels of `x`, as in the paper's Figure 1),
     `pnil_mean_bias` and `pnil_mean_abs_kernel` to the epoch's logs (see
-    `evaluation.pnil_structure`).
+    `pnil_diagnostics.pnil_structure`).
 
     Args:
         layer: The model's `PixelwiseNoiseInjection`.
@@ -184,6 +184,6 @@ class PNILStatistics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        stats = evaluation.pnil_structure(self.layer, self.x)
+        stats = pnil_diagnostics.pnil_structure(self.layer, self.x)
         for key in ("sigma_object", "sigma_background", "mean_bias", "mean_abs_kernel"):
             logs[f"pnil_{key}"] = stats[key]

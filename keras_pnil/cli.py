@@ -206,7 +206,9 @@ def _setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"expected ATTACK.FIELD=VALUE (e.g. pgd.steps=20); got {text!r}")
-    return key.strip(), _value(value.strip())
+    key, value = key.strip(), _value(value.strip())
+    PlanRequest.from_preset("paper").with_values({key: value})  # names an unknown field or a bad value now
+    return key, value
 
 
 def _value(text: str):
@@ -342,14 +344,13 @@ def evaluate_main(argv=None) -> int:
     if files and not (args.data or args.dataset):
         raise ValueError(f"a model file ({files[0]}) needs images: --dataset NAME or --data FILE.npz")
     request = _request(args, bool(files))
-    if not (args.show_plan or args.estimate_only):
-        check_writable(out)  # before any work: a read-only --out must not cost a whole evaluation
     targets.import_custom_objects(args.custom_objects)
     try:
         prepared = _jobs(args, paths, request, _user_images(args, request))
     except loading.ModelFileError as err:
-        raise ValueError(str(err).replace("choose its logits output", "choose its logits output with --output NAME")
-                         ) from None
+        raise ValueError(_with_flags(str(err))) from None
+    if not (args.show_plan or args.estimate_only):
+        check_writable(out)  # before any attack: a read-only --out must not cost a whole evaluation
     if args.show_plan:
         print(json.dumps({"request": request.to_dict(), "targets": {j.name: j.plan.summary() for j in prepared}},
                          indent=2))
@@ -367,6 +368,17 @@ def evaluate_main(argv=None) -> int:
     print("\n".join(Path(p).read_text() for p in written if str(p).endswith(".md")))
     print(f"Tables: {', '.join(str(p) for p in written)}")
     return 0
+
+
+# The library's advice, in the command's words.
+FLAG_HINTS = {"choose its logits output": "choose its logits output with --output NAME",
+              "import it first": "import it first with --custom-objects FILE.py"}
+
+
+def _with_flags(message: str) -> str:
+    for library, command in FLAG_HINTS.items():
+        message = message.replace(library, command)
+    return message
 
 
 def _write_tables(found: list, out: Path) -> list:

@@ -96,5 +96,6 @@ def exclusive(directory, what: str = "results"):
         handle.write(f"process {os.getpid()}")
         handle.flush()
         yield path
+        path.unlink(missing_ok=True)  # still locked: nobody can be waiting for it (the lock is never waited for)
     finally:
         handle.close()

@@ -85,6 +85,7 @@ def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
               "min": result.effective, "worst_case": result.worst_case, "budget": stored["budget"],
               "checks": stored["checks"], "result": stored}
     records.write_record(path, job.key, {"record": record})
+    store.clear()  # the record holds every stage now
     layer = find_pnil(job.model)
     if layer is not None:
         from keras_pnil import figures  # matplotlib only when a PNIL map is drawn

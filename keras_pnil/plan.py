@@ -80,7 +80,7 @@ def _flat_keys() -> dict[str, list[tuple[str, str]]]:
     keys: dict[str, list[tuple[str, str]]] = {}
     for spec in ATTACKS.values():
         for name, setting in spec.settings.items():
-            if setting.legacy:
+            if setting.legacy and not spec.follows:  # a follower takes the flat key through the attack it follows
                 keys.setdefault(setting.legacy, []).append((spec.name, name))
         if spec.images_key:
             keys.setdefault(spec.images_key, []).append((spec.name, "images"))
@@ -118,7 +118,9 @@ class PlanRequest:
         if preset not in PRESETS:
             raise ValueError(f"Unknown budget {preset!r}; expected one of {sorted(PRESETS)}.")
         entry = PRESETS[preset]
-        settings = {name: {**spec.defaults(), **dict.fromkeys(COMMON)} for name, spec in ATTACKS.items()}
+        # An attack that follows another (PGD without EOT follows PGD) takes its settings unless set itself.
+        settings = {name: {**(dict.fromkeys(spec.settings) if spec.follows else spec.defaults()),
+                           **dict.fromkeys(COMMON)} for name, spec in ATTACKS.items()}
         base = cls(preset, tuple(entry["attacks"]), dict(GLOBALS), settings, dict(CHECKS))
         request = base.with_values(entry["values"])
         return request if attacks is None else request.with_attacks(attacks)
@@ -194,7 +196,8 @@ class PlanRequest:
         spec, chosen = get_attack(name), self.settings[name]
         count = chosen["images"] or (len(order) if spec.full_set else self.settings["spsa"]["images"] or len(order))
         eot = spec.fixed_eot or ((chosen["eot_samples"] or self.values["eot_samples"]) if random else 1)
-        own = {k: chosen[k] for k in spec.settings}
+        followed = self.settings[spec.follows] if spec.follows else {}
+        own = {k: followed[k] if spec.follows and chosen[k] is None else chosen[k] for k in spec.settings}
         return AttackPlan(name, own, tuple(np.sort(order[:min(count, len(order))]).tolist()), eot,
                           seed if chosen["seed"] is None else chosen["seed"])
 
@@ -314,11 +317,15 @@ class Plan:
 
     def differences(self) -> list[tuple[str, Any, Any]]:
         """(field, ours, the reference's) for every field that differs from the reference protocol."""
-        reference = PlanRequest.from_preset(self.reference).resolve(
-            epsilon=self.epsilon, random=self.random, num_images=PRESETS[self.reference]["values"]["num_images"])
+        ran = [a.name for a in self.attacks]
+        expected = PRESETS[self.reference]["attacks"]
+        # Attacks beyond the reference's are compared with their own reference values (AutoAttack's).
+        reference = PlanRequest.from_preset(self.reference, [*expected, *(a for a in ran if a not in expected)])
+        reference = reference.resolve(epsilon=self.epsilon, random=self.random,
+                                      num_images=PRESETS[self.reference]["values"]["num_images"])
         ours, theirs = _fields(self), _fields(reference)
-        diffs = [(k, ours.get(k, "not run"), v) for k, v in theirs.items() if ours.get(k, "not run") != v]
-        return diffs + [(k, v, "not run") for k, v in ours.items() if k not in theirs]
+        missing = [(name, "not run", "run") for name in expected if name not in ran]
+        return missing + [(k, ours[k], v) for k, v in theirs.items() if k in ours and ours[k] != v]
 
     def label(self) -> str:
         """`paper protocol` / `AutoAttack's budget` when every field equals it; else what differs."""
@@ -405,7 +412,7 @@ def _fields(plan: Plan) -> dict:
 
 
 def _smaller(ours, theirs) -> bool:
-    if ours == "not run":
+    if ours == "not run" or theirs == "all":
         return True
     return isinstance(ours, int | float) and isinstance(theirs, int | float) and ours < theirs
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,11 @@ class StageStore:
     def load(self, name: str) -> np.ndarray | None:
         stored = read_record(self.directory / f"{name}.json", self.key)
         return None if stored is None else np.asarray(stored["values"], np.float64)
+
+    def clear(self) -> None:
+        """Removes the stored stages (once the whole record is written)."""
+        if self.directory.is_dir():
+            shutil.rmtree(self.directory)
 
     def save(self, name: str, values) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

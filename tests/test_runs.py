@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_pnil import recipe, report, runs
+from keras_pnil import history, recipe, runs
 from keras_pnil.layers import DEFAULT_BIAS, find_pnil
 
 
@@ -95,7 +95,7 @@ def test_training_to_convergence_stops_once_the_validation_loss_stalls(tmp_path,
                                    "method": "fgsm"})
     runs.train_run(config, tmp_path / "run", mnist)
     done = json.loads((tmp_path / "run" / runs.DONE).read_text())
-    losses = report.read_history(tmp_path / "run" / runs.HISTORY)["val_loss"]
+    losses = history.read_history(tmp_path / "run" / runs.HISTORY)["val_loss"]
     assert done["epochs"] == len(losses) < 10
     assert done["stopped"].startswith("converged: val_loss not improved (by more than 0%) for 1 epochs")
     assert losses[-1] >= min(losses[:-1]) and losses[:-1] == sorted(losses[:-1], reverse=True)  # first stall: stop

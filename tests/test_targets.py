@@ -12,8 +12,8 @@ import pytest
 import keras_pnil as kp
 from keras_pnil import cli, targets
 
-# A small budget: PGD-10 on every image; the masking checks' Square on a subset of 40 with 20 queries.
-FAST = ["--budget", "quick", "--pgd-steps", "10", "--spsa-images", "40", "--square-queries", "20"]
+# A small budget: PGD-10 on every image; the masking checks on a subset of 40, Square with 20 queries.
+FAST = ["--budget", "quick", "--set", "pgd.steps=10", "--set", "checks.images=40", "--set", "square.queries=20"]
 
 # A user's own noise layer, random at inference: the library has never heard of it.
 NOISE_LAYER = '''
@@ -70,9 +70,10 @@ def test_a_users_sequential_pnil_model_goes_from_model_save_to_a_tidy_csv(mnist,
                               "--attacks", "pgd,pgd-no-eot", *FAST, "--out", str(tmp_path / "eval")])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "estimate: " in printed and "random at inference" in printed and "pgd 10 steps" in printed
+    assert "estimate: " in printed and "random at inference" in printed and "PGD 10 steps" in printed
     with open(tmp_path / "eval" / "results.csv", newline="") as f:
-        assert f.readline().strip() == "model,dataset,epsilon,attack,accuracy,n_images,eot_samples,budget"
+        assert f.readline().strip() == ("model,dataset,epsilon,attack,accuracy,clean_accuracy,n_images,eot_samples,"
+                                        "accuracy_draws,budget,label")
     rows = _rows(tmp_path / "eval")
     assert [r["attack"] for r in rows] == ["clean", "pgd", "pgd-no-eot", "min"]
     by = {r["attack"]: r for r in rows}
@@ -81,10 +82,16 @@ def test_a_users_sequential_pnil_model_goes_from_model_save_to_a_tidy_csv(mnist,
     assert by["pgd"]["eot_samples"] == "4" and by["pgd-no-eot"]["eot_samples"] == "1"  # the quick budget's EOT
     assert by["pgd"]["n_images"] == "60" and by["pgd"]["budget"] == "PGD 10 steps"
     assert float(by["min"]["accuracy"]) == min(float(by[a]["accuracy"]) for a in ("pgd", "pgd-no-eot"))
+    assert all(float(r["accuracy"]) <= float(r["clean_accuracy"]) for r in rows)  # never above clean, per row
+    assert {r["accuracy_draws"] for r in rows} == {"5"} and "REDUCED budget" in by["min"]["label"]
     details = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert details["rows"][0]["attack"] == "clean" and len(details["models"]) == 1
-    assert len(details["models"][0]["worst_case_per_image"]) == 40 and details["models"][0]["checks"]
-    assert (tmp_path / "eval" / "table1.md").exists()
+    assert len(details["models"][0]["worst_case_per_image"]) == 60 and details["models"][0]["checks"]
+    assert len(details["models"][0]["plan"]["checks"]["images"]) == 40
+    # A model file gets one row per model: no folds, t-test or paper row.
+    table = (tmp_path / "eval" / "robustness.md").read_text()
+    assert "| mine | mine.npz |" in table and "| paper |" not in table and "±" not in table and "t-test" not in table
+    assert "PGD (60 img, EOT 4)" in table and not (tmp_path / "eval" / "table1.md").exists()
 
 
 def test_a_custom_random_layer_is_found_by_behaviour_and_attacked_with_eot(mnist, tmp_path):
@@ -96,7 +103,7 @@ def test_a_custom_random_layer_is_found_by_behaviour_and_attacked_with_eot(mnist
     model.save(tmp_path / "noisy.keras")
     argv = [sys.executable, "-c", "import sys; from keras_pnil.cli import evaluate_main; sys.exit(evaluate_main())",
             str(tmp_path / "noisy.keras"), "--data", str(_npz(tmp_path / "d.npz", mnist, 400)), "--epsilon", "0.2",
-            "--attacks", "pgd,pgd-no-eot", *FAST, "--pgd-steps", "2", "--eot-samples", "16",
+            "--attacks", "pgd,pgd-no-eot", *FAST, "--set", "pgd.steps=2", "--eot-samples", "16",
             "--out", str(tmp_path / "eval")]
     without = subprocess.run(argv, capture_output=True, text=True, timeout=300)  # a fresh process: not registered
     assert without.returncode == 1 and "--custom-objects" in without.stderr

@@ -84,6 +84,7 @@ class AttackSpec:
         eot_key: The flat budget key with its own EOT draws (unset or None: `eot_samples`), so that a
             query-hungry attack can be given fewer draws than PGD.
         fixed_eot: EOT draws whatever the plan says (PGD without EOT: 1).
+        follows: Another attack whose settings it takes unless its own are set (PGD without EOT follows PGD).
     """
 
     name: str
@@ -98,6 +99,7 @@ class AttackSpec:
     images_key: str | None = None
     eot_key: str | None = None
     fixed_eot: int | None = None
+    follows: str | None = None
 
     def defaults(self) -> dict:
         """Setting name → default value."""
@@ -153,7 +155,7 @@ _PGD = {"steps": Setting("steps", 50, legacy="pgd_steps"),
 register(AttackSpec("pgd", pgd, _PGD, _pgd_words, lambda s, eot: s["steps"] * s["restarts"] * eot * GRADIENT_COST))
 # One noise draw per step whatever the plan's EOT: shows what EOT adds against a random model.
 register(AttackSpec("pgd-no-eot", pgd, _PGD, lambda s: _pgd_words(s) + " (one draw)",
-                    lambda s, eot: s["steps"] * s["restarts"] * GRADIENT_COST, fixed_eot=1))
+                    lambda s, eot: s["steps"] * s["restarts"] * GRADIENT_COST, fixed_eot=1, follows="pgd"))
 register(AttackSpec("spsa", spsa, {"steps": Setting("steps", 100, legacy="spsa_steps"),
                                    "samples": Setting("perturbations", 2048, _even, legacy="spsa_samples"),
                                    "learning_rate": Setting("learning_rate", 0.01, _positive,
