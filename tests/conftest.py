@@ -96,6 +96,26 @@ class ZeroGradientQuantizer(keras.layers.Layer):
         return tf.stop_gradient(tf.round(x * 3.0) / 3.0) + 0.0 * x
 
 
+class Recorder(keras.layers.Layer):
+    """Passes its input on unchanged and keeps a copy of every batch it is run on, inside compiled attack graphs
+    too: a spy on the points an attack evaluates, in order (`seen`, a list of NumPy arrays)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        object.__setattr__(self, "seen", [])  # past Keras' attribute tracking
+
+    def call(self, x):
+        kept = tf.py_function(lambda value: self.seen.append(value.numpy()) or 0, [x], Tout=tf.int32)
+        with tf.control_dependencies([kept]):
+            return tf.identity(x)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    """A fresh `Recorder` layer to put in a toy model."""
+    return Recorder()
+
+
 @pytest.fixture(scope="session")
 def masked_model(trained_pair):
     """The NFGSM-trained CNN behind a zero-gradient quantiser: PGD fails, SPSA should not."""

@@ -76,3 +76,66 @@ def test_input_gradient_samples_are_summed_in_one_pass(mnist):
     x, y = tf.constant(x[:64]), tf.constant(y[:64])
     one = input_gradient(model, x, y).numpy()
     np.testing.assert_allclose(input_gradient(model, x, y, samples=3).numpy(), 3 * one, rtol=1e-4, atol=1e-6)
+
+
+class KnownDraws(keras.layers.Layer):
+    """A random model whose draws are known: logits x·W + T[d], d one of the K rows of the table T.
+
+    Called on `draws` copies of a batch of `images` (EOT's sample-major tiling), the s-th copy gets the row
+    (s + calls) mod K, `calls` counting the calls: every call differs from the last (the probe sees a random
+    model), and K draws of an image are the K rows of T, each once, so their mean is exact, not estimated.
+    """
+
+    def __init__(self, weights, table, images, **kwargs):
+        super().__init__(**kwargs)
+        self.w, self.table, self.images = tf.constant(weights), tf.constant(table), images
+        object.__setattr__(self, "calls", 0)
+
+    def call(self, x):
+        draw = (tf.range(tf.shape(x)[0]) // self.images + self.calls) % len(self.table)
+        object.__setattr__(self, "calls", self.calls + 1)
+        return tf.matmul(x, self.w) + tf.gather(self.table, draw)
+
+
+W = np.array([[1.0, -2.0, 0.5], [0.5, 1.0, -1.0]], np.float32)  # 2 features, 3 classes
+TABLE = np.array([[0.0, 0.0, 0.0], [3.0, -1.0, 0.0], [-2.0, 2.0, 1.0], [0.0, 4.0, -3.0]], np.float32)  # K = 4
+
+
+def _known_draws(images):
+    return keras.Sequential([keras.Input((2,)), KnownDraws(W, TABLE, images)])
+
+
+def _log_softmax(z):
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_eot_averages_the_log_probabilities_of_every_draw():
+    x = np.array([[0.2, 0.7], [0.9, 0.1], [0.5, 0.5]], np.float32)
+    per_draw = _log_softmax((x @ W)[None] + TABLE[:, None])  # [K, images, classes]
+    model = _known_draws(len(x))
+    eot = EOT(model, len(TABLE), images=x)
+    assert eot.random and eot.samples == 4
+    np.testing.assert_allclose(eot(tf.constant(x)).numpy(), per_draw.mean(0), rtol=1e-5, atol=1e-6)
+    # Twice the draws, each row twice: the same mean. One draw alone, or the log-softmax of the mean logits,
+    # would be far from it (the draws' class rankings differ).
+    np.testing.assert_allclose(EOT(model, 8)(tf.constant(x)).numpy(), per_draw.mean(0), rtol=1e-5, atol=1e-6)
+    assert np.abs(per_draw[0] - per_draw.mean(0)).max() > 0.5
+    assert np.abs(_log_softmax(x @ W + TABLE.mean(0)) - per_draw.mean(0)).max() > 0.1
+
+
+def test_eot_gradients_sum_or_average_every_draws_gradient():
+    # Per draw, ∇x CE = W (softmax(x·W + T[d]) - onehot(y)): input_gradient sums the K draws' gradients,
+    # the gradient of EOT's negative log-likelihood is their mean.
+    x, y = np.array([[0.2, 0.7], [0.9, 0.1]], np.float32), np.array([2, 0])
+    per_draw = np.exp(_log_softmax((x @ W)[None] + TABLE[:, None])) - np.eye(3)[y]  # [K, images, classes]
+    expected = (per_draw @ W.T).sum(0)
+    model = _known_draws(len(x))
+    np.testing.assert_allclose(input_gradient(model, tf.constant(x), tf.constant(y), samples=4).numpy(), expected,
+                               rtol=1e-4, atol=1e-6)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(negative_log_likelihood(y, EOT(model, 4, images=x)(xt)))
+    np.testing.assert_allclose(tape.gradient(loss, xt).numpy(), expected / 4, rtol=1e-4, atol=1e-6)
+    # One draw's gradient × 4 would not do: the draws' gradients differ.
+    assert np.abs(4 * (per_draw[0] @ W.T) - expected).max() > 0.5

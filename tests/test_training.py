@@ -115,7 +115,7 @@ def test_mirrored_strategy_matches_one_device(mnist):
         np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
     # NFGSM draws its noise per replica, so runs differ; their accuracies agree within 5 points.
     a, b = (_fit_under(s, "nfgsm", x[:2000], y[:2000], epsilon=8 / 255) for s in (one, two))
-    acc = [kp.evaluation.accuracy(t, xt[:1000], yt[:1000]) for t in (a, b)]
+    acc = [kp.accuracy(t, xt[:1000], yt[:1000]) for t in (a, b)]
     print("NFGSM accuracy on one device and on two replicas", acc)
     # Both learned (chance is 0.1; 0.60 and 0.61 here since NFGSM's gradient sees only valid images).
     assert min(acc) > 0.5 and abs(acc[0] - acc[1]) < 0.05
@@ -232,7 +232,8 @@ def _dense_model():
 
 
 def _one_sgd_step(model, x, y):
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     return model.get_weights()
 
