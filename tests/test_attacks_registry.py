@@ -15,9 +15,14 @@ TINY_BUDGET = {"pgd_steps": 3, "pgd_restarts": 2, "spsa_steps": 2, "spsa_samples
 EPSILON = 0.1
 
 
+def _settings(name):
+    """The attack's settings under TINY_BUDGET, as the plan resolves them."""
+    request = kp.PlanRequest.from_preset("paper", name).with_values(TINY_BUDGET)
+    return request.resolve(epsilon=EPSILON, random=True, num_images=10).attack(name).settings
+
+
 def _run(name, model, x, y, **conventions):
-    spec = get_attack(name)
-    return spec.function(model, x, y, EPSILON, **{**spec.options_for(TINY_BUDGET), **conventions})
+    return get_attack(name)(model, x, y, EPSILON, _settings(name), **conventions)
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -62,16 +67,17 @@ def test_registry_rejects_unknown_and_duplicate_names_and_describes_budgets():
         get_attack("cw")
     with pytest.raises(ValueError, match="already registered"):
         register(ATTACKS["pgd"])
-    budget = {**kp.Budget(epsilon=0.1, num_images=10).__dict__, **TINY_BUDGET}
-    assert get_attack("pgd").describe(budget) == "PGD 3 steps × 2 restarts"
-    assert get_attack("pgd-no-eot").options_for(budget)["eot_samples"] == 1
-    assert get_attack("spsa").options_for(budget)["perturbations"] == 8
+    assert get_attack("pgd").describe(_settings("pgd")) == "PGD 3 steps × 2 restarts"
+    assert get_attack("pgd").keywords(_settings("pgd")) == {"steps": 3, "step_size": None, "restarts": 2}
+    assert get_attack("pgd-no-eot").fixed_eot == 1 and _settings("pgd-no-eot")["steps"] == 3  # follows PGD
+    assert get_attack("spsa").keywords(_settings("spsa"))["perturbations"] == 8
     assert get_attack("spsa").gradient_free and not get_attack("spsa").full_set
-    # Costs grow with the budget and with EOT, except where EOT is fixed at one draw.
+    # Costs grow with the settings and with EOT, except where EOT is fixed at one draw.
     # (AutoAttack is the exception: EOT > 1 means a random model, whose rand version runs fewer attacks.)
     for spec in (s for s in ATTACKS.values() if s.name != "autoattack"):
-        assert spec.cost(budget, 4) >= spec.cost(budget, 1) > 0, spec.name
-    assert get_attack("pgd-no-eot").cost(budget, 4) == get_attack("pgd-no-eot").cost(budget, 1)
+        assert spec.cost(_settings(spec.name), 4) >= spec.cost(_settings(spec.name), 1) > 0, spec.name
+    assert get_attack("pgd-no-eot").cost(_settings("pgd-no-eot"), 4) == get_attack("pgd-no-eot").cost(
+        _settings("pgd-no-eot"), 1)
 
 
 def test_a_new_attack_is_one_function_and_one_registry_entry(trained_pair, mnist):
@@ -81,13 +87,15 @@ def test_a_new_attack_is_one_function_and_one_registry_entry(trained_pair, mnist
         rng = np.random.default_rng(seed)
         return np.clip(x + epsilon * rng.choice([-1.0, 1.0], size=x.shape), 0, 1).astype(np.float32)
 
-    spec = register(AttackSpec("sign-noise", sign_noise, {}, lambda b: "random signs", lambda b, eot: 1,
+    spec = register(AttackSpec("sign-noise", sign_noise, {}, lambda s: "random signs", lambda s, eot: 1,
                                gradient_free=True, full_set=False))
     try:
         result = kp.robustness(trained_pair[False], xt[:30], yt[:30], 0.1, attacks=("pgd", "sign-noise"),
-                               checks=False, progress=lambda m: None, pgd_steps=5, spsa_images=20)
-        assert set(result.attacks) == {"pgd", "sign-noise"} and "random signs" in result.budget.describe()
-        assert result.attacks["pgd"] < result.attacks["sign-noise"]
+                               checks=False, progress=lambda m: None, pgd_steps=5, spsa_images=20,
+                               **{"sign-noise.images": 20})
+        assert set(result.attacks) == {"pgd", "sign-noise"} and "random signs" in result.plan.describe()
+        assert result.attacks["sign-noise"].n_images == 20  # its own images, set like any registered attack's
+        assert result.accuracy("pgd") < result.accuracy("sign-noise")
     finally:
         del ATTACKS[spec.name]
 

@@ -10,24 +10,24 @@ TINY = dict(pgd_steps=10, spsa_steps=20, spsa_samples=128, spsa_images=40, accur
 def test_robustness_reports_min_worst_case_and_flags_masking(masked_model, mnist):
     _, (xt, yt) = mnist
     result = kp.robustness(masked_model, xt[:80], yt[:80], 0.3, seed=1, progress=lambda m: None, **TINY)
-    assert result.effective == min(result.attacks.values())
-    assert result.worst_case <= min(result.attacks["spsa"], result.clean) + 1e-9
-    assert len(result.subset_indices) == 40
-    flags = {c["check"]: c["flagged"] for c in result.checks}
+    # Min is taken on the 40 images both attacks saw, and never exceeds the clean accuracy there.
+    assert len(result.common_images) == 40 and result.effective <= result.effective_clean
+    assert result.worst_case <= min(result.accuracy("spsa"), result.clean) + 1e-9
+    flags = {c.check: c.flagged for c in result.checks}
     # Zero gradients: PGD cannot even reach ε = 0.5, and both gradient-free witnesses see through it.
     assert flags["spsa vs pgd"] and flags["square vs pgd"] and flags["large-ε PGD"]
     again = kp.robustness(masked_model, xt[:80], yt[:80], 0.3, attacks=("pgd",), seed=1,
                           checks=False, progress=lambda m: None, **TINY)
-    assert again.subset_indices == result.subset_indices
-    described = result.budget.describe()
-    assert "REDUCED budget" in described and "Square 200 queries (masking witness)" in described
+    assert again.plan.attack("pgd").images == result.plan.attack("pgd").images
+    described = result.plan.describe()
+    assert "REDUCED budget" in described and "Square 200 queries on 40 images (masking witness)" in described
     assert "APGD" not in described  # only the attacks that ran are described
 
 
 def test_robustness_does_not_flag_an_honest_model(trained_pair, mnist):
     _, (xt, yt) = mnist
     result = kp.robustness(trained_pair[False], xt[:80], yt[:80], 8 / 255, seed=0, progress=lambda m: None, **TINY)
-    assert not any(c["flagged"] for c in result.checks), result.checks
+    assert not any(c.flagged for c in result.checks), result.checks
 
 
 def test_unknown_attack_is_rejected_before_any_work(trained_pair, mnist):
@@ -39,7 +39,7 @@ def test_unknown_attack_is_rejected_before_any_work(trained_pair, mnist):
 def test_accuracy_of_a_random_model_is_the_expected_single_pass_accuracy(trained_pair, mnist, with_noise):
     _, (xt, yt) = mnist
     model = with_noise(trained_pair[True], 1.0)  # σ ≈ 1.6: very noisy
-    per_example = kp.evaluation.per_example_correct(model, xt[:200], yt[:200], draws=8)
+    per_example = kp.correctness.per_example_correct(model, xt[:200], yt[:200], draws=8)
     assert set(np.unique(per_example * 8)) <= set(range(9)) and 0 < per_example.mean() < 0.9
     smoothed = kp.accuracy(model, xt[:200], yt[:200], draws=8, mode="mean_softmax")
     assert 0 <= smoothed <= 1
@@ -49,16 +49,16 @@ def test_accuracy_of_a_random_model_is_the_expected_single_pass_accuracy(trained
 
 def test_epsilon_sweep_falls_towards_zero_and_eot_curve_has_one_point_per_setting(trained_pair, mnist):
     _, (xt, yt) = mnist
-    sweep = kp.evaluation.epsilon_sweep(trained_pair[False], xt[:60], yt[:60], [0.02, 0.1, 0.3], steps=10, draws=1)
+    sweep = kp.curves.epsilon_sweep(trained_pair[False], xt[:60], yt[:60], [0.02, 0.1, 0.3], steps=10, draws=1)
     assert sweep[0] >= sweep[1] >= sweep[2] and sweep[2] < 0.2
-    curve = kp.evaluation.eot_curve(trained_pair[True], xt[:60], yt[:60], 0.1, [1, 4], steps=5, draws=2)
+    curve = kp.curves.eot_curve(trained_pair[True], xt[:60], yt[:60], 0.1, [1, 4], steps=5, draws=2)
     assert len(curve) == 2 and all(0 <= a <= 1 for a in curve)
 
 
 def test_pnil_structure_compares_sigma_with_its_initial_value(trained_pair, mnist, with_noise):
     _, (xt, _) = mnist
     model = with_noise(trained_pair[True], -1.0)
-    structure = kp.evaluation.pnil_structure(model.get_layer("pnil"), xt[:20])
+    structure = kp.pnil_diagnostics.pnil_structure(model.get_layer("pnil"), xt[:20])
     assert structure["init_sigma_object"] == pytest.approx(np.exp(-2.5), rel=1e-4)
     assert structure["sigma_background"] == pytest.approx(np.exp(-0.5), rel=0.05)
 
@@ -68,35 +68,41 @@ def test_each_attack_gets_its_own_nested_subset_and_eot_draws(trained_pair, mnis
     budget = dict(TINY, square_images=60, square_eot_samples=2, spsa_eot_samples=1, eot_samples=3)
     result = kp.robustness(trained_pair[True], xt[:80], yt[:80], 8 / 255, attacks=("pgd", "spsa", "square"), seed=1,
                            checks=False, progress=lambda m: None, **budget)
-    assert len(result.subset_indices) == 40  # the smallest subset: the images every attack ran on
-    rows = {r["attack"]: r for r in kp.report.result_rows("m", "mnist", result.to_dict())}
+    assert len(result.common_images) == 40  # the smallest subset: the images every attack ran on
+    rows = {r["attack"]: r for r in kp.results.result_rows("m", "mnist", result.to_dict())}
     assert (rows["pgd"]["n_images"], rows["spsa"]["n_images"], rows["square"]["n_images"]) == (80, 40, 60)
     assert (rows["pgd"]["eot_samples"], rows["spsa"]["eot_samples"], rows["square"]["eot_samples"]) == (3, 1, 2)
-    described = result.budget.describe()
+    assert rows["min"]["n_images"] == 40 and rows["min"]["accuracy"] <= rows["min"]["clean_accuracy"]
+    for name in ("pgd", "spsa", "square"):  # each attack row states the clean accuracy on its own images
+        assert rows[name]["accuracy"] <= rows[name]["clean_accuracy"]
+        on = np.asarray(result.plan.attack(name).images)
+        assert rows[name]["clean_accuracy"] == pytest.approx(
+            kp.correctness.per_example_correct(trained_pair[True], xt[:80][on], yt[:80][on], 2).mean(), abs=0.06)
+    described = result.plan.describe()
     assert "Square 200 queries on 60 of them (EOT 2)" in described and "on 40 of them (EOT 1)" in described
-    # A deterministic model gets no EOT from any attack, whatever the budget asks of random ones.
+    # A deterministic model gets no EOT from any attack, and one accuracy draw, whatever the plan asks.
     plain = kp.robustness(trained_pair[False], xt[:80], yt[:80], 8 / 255, attacks=("square",), seed=1,
                           checks=False, progress=lambda m: None, **budget)
-    assert plain.budget.eot_samples == 1 and plain.budget.square_eot_samples is None
-    # The subsets cost what they attack: Square on its 60 images at EOT 2 (60 × 200 × 2 queries) instead of
-    # the masking checks' witness on the 40 of the smallest subset.
-    cost = {attacks: kp.evaluation.cost_units(dict(budget, num_images=80), 3, attacks) for attacks in ((), ("square",))}
-    assert cost[("square",)] - cost[()] == pytest.approx(60 * 200 * 2 - 40 * 200 * 2)
+    assert plain.plan.attack("square").eot_samples == 1 and plain.plan.accuracy_draws == 1
+    assert kp.results.result_rows("m", "mnist", plain.to_dict())[0]["accuracy_draws"] == 1
+    # The plan's cost counts each attack on its own images at its own EOT.
+    square = result.plan.attack("square")
+    assert square.cost() == 60 * 200 * 2 and result.plan.attack("spsa").cost() == 40 * 20 * 128 * 1
 
 
 def test_sign_consistency_is_one_for_agreeing_batches_and_one_over_root_t_for_noise():
     constant = np.tile([[0.3, -2.0, 0.0]], (50, 1))
-    np.testing.assert_allclose(kp.evaluation.sign_consistency(constant), [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(kp.pnil_diagnostics.sign_consistency(constant), [1.0, 1.0, 0.0])
     noise = np.random.default_rng(0).normal(size=(400, 2000))
     # E|Σg| / Σ|g| = 1/√T for independent symmetric pushes: 0.05 at T = 400 (2,000 parameters average it).
-    assert kp.evaluation.sign_consistency(noise).mean() == pytest.approx(1 / np.sqrt(400), rel=0.05)
+    assert kp.pnil_diagnostics.sign_consistency(noise).mean() == pytest.approx(1 / np.sqrt(400), rel=0.05)
 
 
 def test_pnil_gradients_show_the_loss_pushing_loud_noise_down_consistently(trained_pair, mnist, with_noise):
     (x, y), _ = mnist
     trainers = {name: kp.adversarial(with_noise(trained_pair[True], b), "nfgsm", 8 / 255)
                 for name, b in (("quiet", -5.0), ("loud", 1.0))}
-    stats = {name: kp.evaluation.pnil_gradients(t, x[:2000], y[:2000]) for name, t in trainers.items()}
+    stats = {name: kp.pnil_diagnostics.pnil_gradients(t, x[:2000], y[:2000]) for name, t in trainers.items()}
     assert stats["loud"]["batches"] == 20 and stats["loud"]["pure_noise_consistency"] == pytest.approx(20 ** -0.5)
     noise = stats["loud"]["pure_noise_consistency"]
     # σ ≈ 1.6 drowns the digit: the batches agree on asking for less noise where digits are (dL/dB > 0),
