@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_pnil.attacks.common import per_image
 from keras_pnil.attacks.eot import cross_entropy_sum, input_gradient
 from keras_pnil.attacks.pgd import default_step_size
-from keras_pnil.validation import check_choice, check_count, check_epsilon, check_images, check_positive
+from keras_pnil.validation import check_choice, check_count, check_epsilon, check_inputs, check_positive
 
 
 def _uniform(x, radius: float):
@@ -162,6 +162,11 @@ def _check_input_range(x):
     tf.debugging.assert_less_equal(x, tf.cast(1.0, x.dtype), message="inputs above 1: images must lie in [0, 1]")
 
 
+def _is_array(x) -> bool:
+    """An array, a tensor or a (nested) list of numbers: what `check_inputs` reads, unlike a dataset."""
+    return isinstance(x, (list, tuple, np.ndarray, tf.Tensor)) or hasattr(x, "__array__")
+
+
 class AdversarialModel(keras.Model):
     """A functional Keras model that trains on adversarially perturbed inputs.
 
@@ -220,8 +225,18 @@ class AdversarialModel(keras.Model):
             self._symbolic_build(data_batch=(np.zeros(shape, np.float32), np.zeros((1,), np.int64)))
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        if isinstance(x, (list, tuple)) or hasattr(x, "__array__"):
-            check_images(x, "training images")
+        """Keras' `fit`, after checking array (or tensor) images and labels against the model.
+
+        Training data given as arrays or tensors, and `validation_data` given
+        as a tuple of them, go through `keras_pnil.inputs.check_inputs` before
+        Keras starts (a dataset or generator is left to the compiled range check).
+        """
+        if _is_array(x):
+            x, y = check_inputs(self, x, y, what="training images")
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (list, tuple)) and len(validation) in (2, 3) and _is_array(validation[0]):
+            checked = check_inputs(self, validation[0], validation[1], what="validation images")
+            kwargs["validation_data"] = (*checked, *validation[2:])
         return super().fit(x, y, *args, **kwargs)
 
     def plain_model(self) -> keras.Model:

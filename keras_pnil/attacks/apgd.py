@@ -161,7 +161,7 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
         Per image, the first misclassified input found, else the one with the
         highest loss, as a NumPy array shaped like `x`.
     """
-    epsilon = check_attack_args(x, y, epsilon, batch_size)
+    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
     steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     check_choice("APGD loss", loss, LOSSES)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
@@ -198,7 +198,7 @@ def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int
         Per image, the first misclassified input found, else the last run's
         highest-loss input, as a NumPy array shaped like `x`.
     """
-    epsilon = check_attack_args(x, y, epsilon, batch_size)
+    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
     steps, targets = check_count("steps", steps), check_count("targets", targets)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     if not len(x):

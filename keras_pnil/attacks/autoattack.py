@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from keras_pnil.attacks.apgd import apgd, apgd_targeted
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, TARGET_CLASSES, check_attack_args, classified_right
+from keras_pnil.attacks.common import (
+    DEFAULT_BATCH_SIZE,
+    TARGET_CLASSES,
+    check_attack_args,
+    classified_right,
+    inputs_checked,
+)
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.attacks.fab import fab_targeted
 from keras_pnil.attacks.square import square
@@ -57,7 +63,7 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
         `(x_adv, report)`: per image the first input that broke it, else the
         last attempt; and an `AutoAttackReport`.
     """
-    epsilon = check_attack_args(x, y, epsilon, batch_size)
+    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
     model_fn = EOT(model, eot_samples, images=x)
     version = version or ("rand" if model_fn.random else "standard")
     check_choice("AutoAttack version", version, VERSIONS)
@@ -68,8 +74,9 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
     for name, (attack, options) in _stages(version, steps, queries, targets, fab_steps).items():
         idx, started = np.flatnonzero(right), time.perf_counter()
         if len(idx):
-            x_adv[idx] = attack(model, x[idx], y[idx], epsilon, eot_samples=model_fn.samples,
-                                batch_size=batch_size, seed=seed, **options)
+            with inputs_checked():  # checked above, once for every stage
+                x_adv[idx] = attack(model, x[idx], y[idx], epsilon, eot_samples=model_fn.samples,
+                                    batch_size=batch_size, seed=seed, **options)
             broken = idx[~classified_right(model_fn, x_adv[idx], y[idx], batch_size)]
             broken_by[broken], right[broken] = name, False
         report.after[name] = float(right.mean())

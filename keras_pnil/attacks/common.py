@@ -11,19 +11,38 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pnil.attacks.eot import EOT
-from keras_pnil.validation import check_count, check_epsilon, check_images, check_same_length
+from keras_pnil.validation import check_count, check_epsilon, check_inputs
 
 DEFAULT_BATCH_SIZE = 256  # images per batch; the model sees batch × EOT draws at once
 # Target classes of the targeted attacks (APGD-T, FAB-T): AutoAttack's nine classes ranked after the label.
 TARGET_CLASSES = 9
 
+# Set while an ensemble runs its stages on images and labels it has already checked.
+_INPUTS_CHECKED = contextvars.ContextVar("keras_pnil_inputs_checked", default=False)
 
-def check_attack_args(x, y, epsilon: float, batch_size: int) -> float:
-    """Validates the arguments every attack takes; returns ε as a float."""
-    check_images(x, "images to attack")
-    check_same_length(x, y)
+
+def check_attack_args(model, x, y, epsilon: float, batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Validates the arguments every attack takes; returns float32 images, int64 labels and ε as a float.
+
+    The images and labels go through `check_inputs` (against `model`) once, at
+    the public entry: not again in an ensemble's stages (see `inputs_checked`).
+    """
+    epsilon = check_epsilon(epsilon)
     check_count("batch_size", batch_size)
-    return check_epsilon(epsilon)
+    if _INPUTS_CHECKED.get():
+        return np.asarray(x, np.float32), np.asarray(y, np.int64), epsilon
+    x, y = check_inputs(model, x, y, what="images to attack")
+    return x, y, epsilon
+
+
+@contextlib.contextmanager
+def inputs_checked():
+    """Within this context, attacks trust their images and labels: an ensemble checked them at its entry."""
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
 
 
 def _seed_value(seed: int | None) -> int:

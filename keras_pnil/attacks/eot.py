@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.validation import check_count
+from keras_pnil.validation import check_count, check_inputs
 
 # EOT draws used when an attack is given `eot_samples=None` and the model is
 # random: AutoAttack's `rand` version uses 20.
@@ -76,8 +76,16 @@ def probe(model: keras.Model, x=None) -> Behaviour:
     """Calls `model` twice on the same batch (the first images of `x`, else uniform noise) and compares.
 
     Judged by behaviour, not by layer type, so a random defence the library
-    has never heard of is still attacked with EOT.
+    has never heard of is still attacked with EOT. Images given are checked
+    first (see `keras_pnil.inputs.check_inputs`).
     """
+    if x is not None:
+        x, _ = check_inputs(model, x, what="images to probe with")
+    return _behaviour(model, x)
+
+
+def _behaviour(model: keras.Model, x=None) -> Behaviour:
+    """`probe` without the input check: for attacks, which checked their images at their entry."""
     if x is None or len(x) == 0:
         shape = tuple(model.input_shape[1:])
         if None in shape:
@@ -138,7 +146,7 @@ class EOT:
     """
 
     def __init__(self, model: keras.Model, samples: int | None = None, images=None):
-        behaviour = probe(model, images)
+        behaviour = _behaviour(model, images)
         self.model, self.random, self.probabilities = model, behaviour.random, behaviour.probabilities
         self.samples = resolve_eot_samples(model, samples, behaviour.random)
         if self.probabilities and first_notice_of_probabilities(model):

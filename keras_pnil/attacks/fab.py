@@ -123,7 +123,7 @@ def fab_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int 
         Per image, the smallest adversarial input found if its L∞ distance to
         the image is at most ε, else the image itself.
     """
-    epsilon = check_attack_args(x, y, epsilon, batch_size)
+    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
     steps, targets = check_count("steps", steps), check_count("targets", targets)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     if not len(x):

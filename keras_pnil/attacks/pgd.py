@@ -69,7 +69,7 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
     Returns:
         The adversarial images, a NumPy array shaped like `x`.
     """
-    epsilon = check_attack_args(x, y, epsilon, batch_size)
+    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
     steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     step_size = default_step_size(epsilon, steps) if step_size is None else step_size
     if not 0 < step_size <= epsilon:

@@ -134,7 +134,7 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
     Returns:
         The adversarial images, a NumPy array shaped like `x`.
     """
-    epsilon = check_attack_args(x, y, epsilon, batch_size)
+    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
     steps, perturbations = check_count("steps", steps), check_count("perturbations", perturbations, minimum=2)
     check_positive("learning_rate", learning_rate)
     check_positive("delta", delta)

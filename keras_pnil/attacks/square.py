@@ -91,12 +91,12 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
     Returns:
         The adversarial images, a NumPy array shaped like `x`.
     """
-    epsilon = check_attack_args(x, y, epsilon, batch_size)
     queries = check_count("queries", queries)
     if not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must lie in (0, 1]; got {p_init!r}.")
     if np.ndim(x) != 4:
         raise ValueError(f"square expects NHWC image batches; got shape {np.shape(x)}.")
+    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
     model_fn = EOT(model, eot_samples, images=x)
     attack = compiled(model, ("square", np.shape(x)[1:], model_fn.samples, epsilon, queries, p_init),
                       lambda rng: _square_graph(model_fn, epsilon, queries, p_init, rng, batch_signature(x)), seed)
