@@ -26,7 +26,7 @@ def test_overfitting_monitor_logs_pgd_accuracy_and_stops_on_collapse(mnist, monk
     assert len(history.history["pgd_val_accuracy"]) == 2
     # Simulate a collapse: PGD accuracy 0.9, then 0.05; training stops at epoch 2 with epoch 1's weights.
     readings = iter([0.9, 0.05, 0.9])
-    monkeypatch.setattr("keras_pnil.evaluation.accuracy", lambda *a, **k: next(readings))
+    monkeypatch.setattr("keras_pnil.correctness.accuracy", lambda *a, **k: next(readings))
     weights = []
     keep = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(trainer.get_weights()))
     fresh = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2, early_stop=True)
@@ -61,7 +61,7 @@ def test_a_collapse_spanning_a_resume_is_still_seen(mnist, monkeypatch, tmp_path
     (x, y), _ = mnist
     trainer = _trainer()
     readings = iter([0.9, 0.05])
-    monkeypatch.setattr("keras_pnil.evaluation.accuracy", lambda *a, **k: next(readings))
+    monkeypatch.setattr("keras_pnil.correctness.accuracy", lambda *a, **k: next(readings))
     first = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2, early_stop=True, state_dir=tmp_path)
     trainer.fit(x[:200], y[:200], epochs=1, verbose=0, callbacks=[first])
     before_collapse = trainer.get_weights()
@@ -130,3 +130,20 @@ def test_convergence_stop_waits_patience_epochs_after_the_lowest_loss_even_acros
     tolerant.set_model(keras.Sequential())
     tolerant.on_train_begin()
     assert _feed(tolerant, losses) == 6
+
+
+def test_overfitting_monitor_logs_the_accuracy_under_its_own_pgd(mnist):
+    # The logged value is the accuracy under PGD with the monitor's ε and steps (seeded: reproducible), not
+    # the clean accuracy nor another number of steps, and a deterministic model gets no EOT entry.
+    (x, y), _ = mnist
+    trainer = _trainer()
+    trainer.fit(x[:1000], y[:1000], epochs=2, verbose=0)
+    xv, yv = x[-200:], y[-200:]
+    monitor, logs = CatastrophicOverfittingMonitor(xv, yv, EPS, steps=5), {}
+    monitor.set_model(trainer)
+    monitor.on_train_begin()
+    monitor.on_epoch_end(0, logs)
+    accuracy = {steps: kp.accuracy(trainer, kp.pgd(trainer, xv, yv, EPS, steps=steps), yv) for steps in (1, 5)}
+    print("PGD accuracy by steps", accuracy, "clean", kp.accuracy(trainer, xv, yv))
+    assert logs == {"pgd_val_accuracy": accuracy[5]}
+    assert accuracy[5] < accuracy[1] - 0.02 and accuracy[5] < kp.accuracy(trainer, xv, yv) - 0.1

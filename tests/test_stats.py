@@ -25,3 +25,14 @@ def test_corrected_resampled_ttest_matches_its_formula_and_limits():
 def test_mean_std_uses_the_sample_deviation():
     assert mean_std([0.5, 0.7]) == pytest.approx((0.6, np.std([0.5, 0.7], ddof=1)))
     assert mean_std([0.4]) == (0.4, 0.0)
+
+
+def test_corrected_resampled_ttest_on_a_hand_computed_case():
+    # d = (0.1, 0.2, 0.3): mean 0.2, variance 0.01, k = 3, n_test / n_train = 1, so
+    # t = 0.2 / √((1/3 + 1) · 0.01) = √3; Student's t with 2 degrees of freedom has the closed form
+    # P(T > t) = 1/2 - t / (2√(t² + 2)), so p = 1 - √3/√5. The uncorrected (paired) t would be 2√3.
+    t, p = corrected_resampled_ttest([0.6, 0.7, 0.8], [0.5, 0.5, 0.5], n_train=1000, n_test=1000)
+    assert t == pytest.approx(np.sqrt(3)) and p == pytest.approx(1 - np.sqrt(3 / 5))
+    # With a tenth of the test images, the correction shrinks: t = 0.2 / √((1/3 + 0.1) · 0.01).
+    t, _ = corrected_resampled_ttest([0.6, 0.7, 0.8], [0.5] * 3, n_train=1000, n_test=100)
+    assert t == pytest.approx(0.2 / np.sqrt(13 / 3000))
