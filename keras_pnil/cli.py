@@ -14,9 +14,10 @@ from pathlib import Path
 
 from keras_pnil import experiments, jobs, loading, report, reproduce, results, runs, targets
 from keras_pnil.attacks.common import progress_bars
-from keras_pnil.attacks.registry import ATTACKS, get_attack
+from keras_pnil.attacks.registry import ATTACKS
 from keras_pnil.data import DATASETS, DatasetError, load_npz
 from keras_pnil.files import check_writable, exclusive, read_json
+from keras_pnil.inputs import check_attack_names
 from keras_pnil.models import ARCHITECTURES
 from keras_pnil.plan import PRESETS, PlanRequest
 from keras_pnil.training import METHODS
@@ -65,13 +66,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _even(text: str) -> int:
-    value = _int(text, 2)
-    if value % 2:
-        raise ValueError(f"must be even (SPSA mirrors its perturbations); got {value}")
-    return value
-
-
 def _fold(text: str) -> int:
     value = _int(text, 0)
     if value >= runs.FOLDS:
@@ -79,22 +73,12 @@ def _fold(text: str) -> int:
     return value
 
 
-def _attack_names(text: str) -> tuple:
-    attacks = tuple(a.strip() for a in text.split(",") if a.strip())
-    if not attacks:
-        raise ValueError("name at least one attack")
-    for name in attacks:
-        get_attack(name)  # names the unknown one
-    return attacks
-
-
 COUNT = _flag_type(lambda t: _int(t, 1), "count")
 NONNEGATIVE = _flag_type(lambda t: _int(t, 0), "non-negative integer")
 POSITIVE = _flag_type(_positive_float, "positive number")
-EVEN = _flag_type(_even, "even count")
 FOLD = _flag_type(_fold, "fold")
 EPSILON = _flag_type(parse_epsilon, "epsilon")
-ATTACK_NAMES = _flag_type(_attack_names, "attacks")
+ATTACK_NAMES = _flag_type(check_attack_names, "attacks")
 
 
 def _message(err: Exception) -> str:
@@ -309,10 +293,9 @@ def _jobs(args, paths, request: PlanRequest, images) -> list:
         if targets.is_model_file(path) or args.data:
             epsilon = args.epsilon or runs.check_run(path)["epsilon"]
             prepared.append(targets.file_job(targets.model_path(path), images[:2], images[2], request, epsilon,
-                                             output=args.output, name=path.stem, progress=print))
+                                             output=args.output, name=path.stem))
         else:
-            prepared.append(runs.run_job(path, request, cache, epsilon=args.epsilon, data_dir=args.data_dir,
-                                         progress=print))
+            prepared.append(runs.run_job(path, request, cache, epsilon=args.epsilon, data_dir=args.data_dir))
     return prepared
 
 

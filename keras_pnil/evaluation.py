@@ -18,9 +18,9 @@ import numpy as np
 
 from keras_pnil.attacks.eot import first_notice_of_probabilities, probe
 from keras_pnil.correctness import per_example_correct
-from keras_pnil.inputs import check_inputs
+from keras_pnil.inputs import check_attack_names, check_inputs
 from keras_pnil.masking import gradient_masking_checks
-from keras_pnil.plan import Plan, PlanRequest, attack_names
+from keras_pnil.plan import Plan, PlanRequest
 
 log = logging.getLogger("keras_pnil")
 
@@ -98,7 +98,7 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, budget: 
         >>> result = robustness(model, x_test[:500], y_test[:500], 8 / 255, attacks="pgd", budget="quick")
         >>> result.clean, result.accuracy("pgd"), result.effective, result.plan.describe()
     """
-    names = attack_names(attacks)
+    names = check_attack_names(attacks)
     x, y = check_inputs(model, x, y)
     if plan is None:
         plan = PlanRequest.from_preset(budget, names)

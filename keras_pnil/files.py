@@ -84,18 +84,19 @@ def exclusive(directory, what: str = "results"):
     path = Path(directory) / ".lock"
     handle = open(path, "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise OSError(errno.EBUSY, f"{directory} is in use: {holder} is writing {what} there; wait for it to "
-                                       "finish or write elsewhere") from None
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise OSError(errno.EBUSY, f"{directory} is in use: {holder} is writing {what} there; wait for it to "
+                                   "finish or write elsewhere") from None
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()}")
         handle.flush()
         yield path
-        path.unlink(missing_ok=True)  # still locked: nobody can be waiting for it (the lock is never waited for)
     finally:
+        path.unlink(missing_ok=True)  # still locked: nobody waits for it (the lock is never waited for)
         handle.close()

@@ -42,6 +42,7 @@ class Job:
     y: np.ndarray
     plan: Plan
     about: dict
+    notes: list = field(default_factory=list)  # what probing the model showed, reported when it runs
     key: str = field(init=False)
 
     def __post_init__(self):
@@ -57,12 +58,16 @@ class Job:
 
 
 def prepare(name: str, model, x, y, request: PlanRequest, epsilon: float, about: dict,
-            training: dict | None = None, progress: Callable[[str], None] | None = None) -> Job:
-    """Checks the images against the model, probes it and resolves the plan: a `Job` ready to run or estimate."""
+            training: dict | None = None) -> Job:
+    """Checks the images against the model, probes it and resolves the plan: a `Job` ready to run or estimate.
+
+    Nothing is reported yet (an estimate may come first): what probing showed is kept in `notes`.
+    """
     x, y = check_inputs(model, x, y, what=f"{about.get('dataset', 'the')} images")
-    random = evaluation.is_random(model, x, progress or (lambda message: None))
+    notes = []
+    random = evaluation.is_random(model, x, notes.append)
     plan = request.resolve(epsilon=epsilon, random=random, num_images=len(x), training=training)
-    return Job(name, model, x, y, plan, dict(about))
+    return Job(name, model, x, y, plan, dict(about), notes)
 
 
 def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
@@ -76,6 +81,8 @@ def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
                f"(key {job.key[:12]}): read back from {path}")
         return stored["record"]
     report(f"== {job.name}: {job.plan.num_images} images of {job.about.get('dataset')}, ε = {job.plan.epsilon:.4g}")
+    for note in job.notes:
+        report(note)
     store = records.StageStore(Path(out) / f"{job.name}.stages", job.key)
     result = evaluation.evaluate(job.model, job.x, job.y, job.plan, store=store, progress=report)
     for check in result.checks:

@@ -30,6 +30,7 @@ import numpy as np
 
 from keras_pnil.attacks.eot import DEFAULT_EOT_SAMPLES
 from keras_pnil.attacks.registry import ATTACKS, GRADIENT_COST, get_attack
+from keras_pnil.inputs import check_attack_names
 from keras_pnil.validation import check_count, check_epsilon
 
 # Settings of the whole evaluation (not of one attack), with their defaults.
@@ -127,7 +128,7 @@ class PlanRequest:
 
     def with_attacks(self, attacks: Iterable[str]) -> PlanRequest:
         """The same request running `attacks` (a name, comma-separated names, or an iterable of them)."""
-        return replace(self, attacks=attack_names(attacks))
+        return replace(self, attacks=check_attack_names(attacks))
 
     def with_values(self, values: Mapping[str, Any]) -> PlanRequest:
         """The request with `values` set: `"ATTACK.SETTING"` (`"pgd.steps"`), `"checks.NAME"`, a global
@@ -225,23 +226,6 @@ def _common(attacks: tuple, n: int) -> tuple:
     for attack in attacks:
         common &= set(attack.images)
     return tuple(sorted(common))
-
-
-def attack_names(attacks) -> tuple[str, ...]:
-    """Attack names from a name, comma-separated names, or an iterable of names; each must be registered.
-
-    Example:
-        >>> attack_names("pgd,spsa")
-        ('pgd', 'spsa')
-    """
-    if isinstance(attacks, str):
-        attacks = attacks.split(",")
-    names = tuple(dict.fromkeys(str(a).strip() for a in attacks if str(a).strip()))
-    if not names:
-        raise ValueError("name at least one attack; expected some of " + ", ".join(sorted(ATTACKS)) + ".")
-    for name in names:
-        get_attack(name)
-    return names
 
 
 @dataclass(frozen=True)

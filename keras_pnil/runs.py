@@ -265,7 +265,7 @@ def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[n
 
 
 def run_job(run, request: PlanRequest, data_cache: dict, *, epsilon: float | None = None, data_dir=None,
-            label: str | None = None, progress: Callable[[str], None] | None = None) -> jobs.Job:
+            label: str | None = None) -> jobs.Job:
     """One training run as an evaluation job, on `request`'s number of images it neither trained nor
     validated on (seeded by the request's seed; see `evaluation_images`), at its training ε unless `epsilon`.
 
@@ -281,8 +281,7 @@ def run_job(run, request: PlanRequest, data_cache: dict, *, epsilon: float | Non
     about = {"kind": "run", "dataset": dataset, "method": label or config["method"], "pnil": config["pnil"],
              "run": str(run), "n_train": config.get("n_train", 1), "n_test": config.get("n_train", 1),
              "fold": config.get("fold") or 0}
-    return jobs.prepare(run.name, model, x, y, request, epsilon or config["epsilon"], about,
-                        training_budget(config), progress)
+    return jobs.prepare(run.name, model, x, y, request, epsilon or config["epsilon"], about, training_budget(config))
 
 
 def evaluate_run(run, request: PlanRequest, out, data_cache: dict, *, epsilon: float | None = None, data_dir=None,
@@ -293,7 +292,7 @@ def evaluate_run(run, request: PlanRequest, out, data_cache: dict, *, epsilon: f
     A result stored for exactly the same images, weights, plan and library version is read back
     (how suites resume). With `stored_only`, nothing is attacked: None unless such a result exists.
     """
-    job = run_job(run, request, data_cache, epsilon=epsilon, data_dir=data_dir, label=label, progress=progress)
+    job = run_job(run, request, data_cache, epsilon=epsilon, data_dir=data_dir, label=label)
     if stored_only:
         stored = records.read_record(job.record_path(out), job.key)
         return None if stored is None else stored["record"]

@@ -9,7 +9,6 @@ after the files that define them are imported; Keras' safe mode stays on.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +67,7 @@ def test_split_images(dataset: str, data_dir, num_images: int, seed: int) -> tup
 
 
 def file_job(path, images: tuple, source: str, request: PlanRequest, epsilon: float, *, output=None,
-             name: str | None = None, progress: Callable[[str], None] | None = None) -> jobs.Job:
+             name: str | None = None) -> jobs.Job:
     """The evaluation job of the model in `path` on `images` = (x, y), named `source` (a data set or a file).
 
     Its record goes to `<out>/<name>.json` (default name: the file's stem).
@@ -80,4 +79,4 @@ def file_job(path, images: tuple, source: str, request: PlanRequest, epsilon: fl
     name = name or path.stem
     about = {"kind": "model", "dataset": source, "method": name, "pnil": find_pnil(model) is not None,
              "run": str(path), "n_train": 1, "n_test": 1, "fold": 0}
-    return jobs.prepare(name, model, x, y, request, epsilon, about, progress=progress)
+    return jobs.prepare(name, model, x, y, request, epsilon, about)

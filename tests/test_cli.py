@@ -67,18 +67,21 @@ def test_evaluate_command_prints_the_table_and_rejects_bad_runs(trained_pair, tm
     (run / "config.json").write_text(json.dumps({"dataset": "mnist", "method": "nfgsm", "pnil": True,
                                                  "epsilon": 8 / 255, "epochs": 2, "validation_indices": []}))
     cmd = _command("evaluate_main", run, "--data-dir", data_dir, "--budget", "quick", "--num-images", "40",
-                   "--spsa-images", "10", "--pgd-steps", "5", "--spsa-steps", "2", "--spsa-samples", "16",
-                   "--eot-samples", "2", "--out", tmp_path / "eval", "--attacks", "pgd,spsa,apgd-dlr,square",
-                   "--apgd-steps", "3", "--square-queries", "30")
+                   "--set", "spsa.images=10", "--set", "square.images=10", "--set", "pgd.steps=5",
+                   "--set", "spsa.steps=2", "--set", "spsa.samples=16", "--eot-samples", "2", "--out",
+                   tmp_path / "eval", "--attacks", "pgd,spsa,apgd-dlr,square", "--set", "apgd-dlr.steps=3",
+                   "--set", "square.queries=30")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| MNIST | + PNIL | ours |" in done.stdout and "REDUCED budget" in done.stdout
     assert "NFGSM APGD-DLR | NFGSM SQUARE | NFGSM Min |" in done.stdout
     assert (tmp_path / "eval" / "table1.md").exists() and (tmp_path / "eval" / "run_pnil.png").exists()
-    result = json.loads((tmp_path / "eval" / "run.json").read_text())
-    assert result["budget"]["pgd_steps"] == 5 and result["budget"]["eot_samples"] == 2
-    assert result["effective"] == min(result["attacks"].values()) and set(result["attacks"]) == {
-        "pgd", "spsa", "apgd-dlr", "square"}
+    result = json.loads((tmp_path / "eval" / "run.json").read_text())["record"]["result"]
+    attacks = {a["name"]: a for a in result["plan"]["attacks"]}
+    assert attacks["pgd"]["settings"]["steps"] == 5 and attacks["pgd"]["eot_samples"] == 2
+    assert attacks["apgd-dlr"]["settings"]["steps"] == 3 and attacks["spsa"]["settings"]["samples"] == 16
+    assert set(result["attacks"]) == {"pgd", "spsa", "apgd-dlr", "square"}
+    assert len(result["plan"]["common_images"]) == 10 and result["effective"] <= result["effective_clean"]
     bad = subprocess.run(cmd[:3] + [str(tmp_path), "--out", str(tmp_path / "e2")], capture_output=True, text=True)
     assert bad.returncode == 1 and "not a finished training run" in bad.stderr and "Traceback" not in bad.stderr
     unknown = subprocess.run(cmd + ["--attacks", "pgd,cw"], capture_output=True, text=True)
@@ -108,8 +111,8 @@ def test_a_killed_evaluation_reuses_the_targets_it_finished(trained_pair, tmp_pa
     for name in ("a", "b"):
         _save_run(trained_pair[False], tmp_path / name)
     cmd = _command("evaluate_main", tmp_path / "a", tmp_path / "b", "--data-dir", data_dir, "--budget", "quick",
-                   "--num-images", "300", "--spsa-images", "100", "--pgd-steps", "20", "--attacks", "pgd,square",
-                   "--square-queries", "300", "--out", tmp_path / "eval")
+                   "--num-images", "300", "--set", "square.images=100", "--set", "pgd.steps=20", "--attacks",
+                   "pgd,square", "--set", "square.queries=300", "--out", tmp_path / "eval")
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     finished = tmp_path / "eval" / "a.json"
     deadline = time.time() + 300
@@ -138,21 +141,28 @@ def test_a_full_disk_is_one_line_and_earlier_results_stay(trained_pair, tmp_path
 
     monkeypatch.setattr("keras_pnil.files.os.fsync", full)
     code = cli.evaluate_main([str(tmp_path / "a"), "--data-dir", str(data_dir), "--budget", "quick",
-                              "--num-images", "20", "--spsa-images", "10", "--pgd-steps", "2", "--attacks", "pgd",
-                              "--square-queries", "10", "--out", str(out)])
+                              "--num-images", "20", "--set", "checks.images=10", "--set", "pgd.steps=2", "--attacks",
+                              "pgd", "--set", "square.queries=10", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err == [f"error: cannot write {out / 'a.json'}: No space left on device"]
+    # The first stage to be kept (the clean accuracy) cannot be written: one line, nothing half-written.
+    assert code == 1 and err == [f"error: cannot write {out / 'a.stages' / 'clean.json'}: No space left on device"]
     assert (out / "a.json").read_text() == "earlier results"
-    assert [p.name for p in out.iterdir()] == ["a.json"]
+    assert sorted(p.name for p in out.rglob("*")) == ["a.json", "a.stages"]
 
 
-def test_the_new_budget_and_training_flags_reach_their_settings():
-    args = cli.evaluate_parser().parse_args(["run", "--out", "o", "--square-images", "200", "--autoattack-images",
-                                             "500", "--spsa-eot-samples", "1", "--square-eot-samples", "2",
-                                             "--autoattack-eot-samples", "3"])
-    budget = cli._budget(args)
-    assert (budget["square_images"], budget["autoattack_images"]) == (200, 500)
-    assert (budget["spsa_eot_samples"], budget["square_eot_samples"], budget["autoattack_eot_samples"]) == (1, 2, 3)
+def test_the_common_flags_and_every_set_reach_the_plan():
+    args = cli.evaluate_parser().parse_args(["run", "--out", "o", "--budget", "quick", "--num-images", "70",
+                                             "--eot-samples", "3", "--seed", "2", "--attacks", "pgd,square",
+                                             "--set", "square.images=20", "--set", "square.eot_samples=2",
+                                             "--set", "pgd.step_size=1/255", "--set", "checks.enabled=false"])
+    request = cli._request(args, model_files=False)
+    assert request.attacks == ("pgd", "square") and request.values["num_images"] == 70
+    assert request.values["eot_samples"] == 3 and request.values["seed"] == 2
+    assert (request.settings["square"]["images"], request.settings["square"]["eot_samples"]) == (20, 2)
+    assert request.settings["pgd"]["step_size"] == 1 / 255 and request.checks["enabled"] is False
+    # Without --budget: AutoAttack's own budget for model files, the paper's for runs.
+    assert cli._request(cli.evaluate_parser().parse_args(["m", "--out", "o"]), True).preset == "autoattack"
+    assert cli._request(cli.evaluate_parser().parse_args(["r", "--out", "o"]), False).preset == "paper"
     options = vars(cli.train_parser().parse_args(["--out", "o", "--patience", "4", "--min-delta", "0.02",
                                                    "--pnil-bias", "-1"]))
     assert {k: options[k] for k in ("patience", "min_delta", "pnil_bias")} == {"patience": 4, "min_delta": 0.02,
