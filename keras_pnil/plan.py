@@ -389,7 +389,8 @@ def _fields(plan: Plan) -> dict:
         fields["accuracy draws"] = plan.accuracy_draws
     for attack in plan.attacks:
         fields.update({f"{attack.name}.{k}": v for k, v in attack.settings.items()})
-        fields[f"{attack.name}.images"] = "all" if len(attack.images) == plan.num_images else len(attack.images)
+        full = attack.spec.full_set and len(attack.images) == plan.num_images
+        fields[f"{attack.name}.images"] = "all" if full else len(attack.images)
         if plan.random:
             fields[f"{attack.name}.eot_samples"] = attack.eot_samples
     return fields

@@ -111,6 +111,7 @@ def write_model_table(records, out_dir, name: str = "robustness") -> dict:
           *("| " + " | ".join(row) + " |" for row in rows), "", *(f"- Budget of {n}" for n in notes), ""]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
+    writer.writerows([f"# budget of {note}"] for note in notes)
     writer.writerow(header)
     writer.writerows([[c.replace("**", "") for c in row] for row in rows])
     tex = [f"% {note}" for note in notes] + [rf"\begin{{tabular}}{{ll{'r' * (len(header) - 2)}}}", r"\toprule",

@@ -73,7 +73,12 @@ def file_job(path, images: tuple, source: str, request: PlanRequest, epsilon: fl
     Its record goes to `<out>/<name>.json` (default name: the file's stem).
     """
     path = Path(path)
-    model = loading.load_model(path, output=output)
+    try:
+        model = loading.load_model(path)
+    except loading.ModelFileError as err:  # `output` names the logits of the models that have several outputs
+        if output is None or " outputs (" not in str(err):
+            raise
+        model = loading.load_model(path, output=output)
     x, y = images
     loading.input_shape(model, np.asarray(x[:1], np.float32))  # builds a subclassed model on the data's shape
     name = name or path.stem
