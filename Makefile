@@ -32,4 +32,9 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-.PHONY: install demo reproduce test
+# The mutation check (benchmarks/mutants.toml): each semantic mutant of the core must make its tests fail.
+# About 6 minutes here; not part of `make test`.
+mutants: $(BIN)/.installed
+	$(BIN)/python benchmarks/mutants.py
+
+.PHONY: install demo reproduce test mutants
