@@ -30,7 +30,20 @@ CASES = [
     ("train", ["--config", "{tmp}/zero_epochs.json"], 1, "error: epochs must be an integer >= 1; got 0."),
     ("evaluate", ["{tmp}/run", "--num-images", "0"], 2, "argument --num-images: must be an integer >= 1; got 0"),
     ("evaluate", ["{tmp}/run", "--eot-samples", "0"], 2, "argument --eot-samples: must be an integer >= 1; got 0"),
-    ("evaluate", ["{tmp}/run", "--spsa-samples", "7"], 2, "argument --spsa-samples: must be even"),
+    ("evaluate", ["{tmp}/run", "--set", "spsa.samples=7"], 2, "argument --set: spsa.samples must be even"),
+    ("evaluate", ["{tmp}/run", "--set", "pgd.stepz=3"], 2, "argument --set: attack 'pgd' has no setting 'stepz'"),
+    ("evaluate", ["{tmp}/run", "--set", "pgd.steps"], 2, "argument --set: expected ATTACK.FIELD=VALUE"),
+    ("evaluate", ["{tmp}/run", "--budget", "huge"], 2, "argument --budget: invalid choice: 'huge'"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/good.npz", "--plan", "{tmp}/none.json"], 1,
+     "error: cannot read plan"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/good.npz", "--plan", "{tmp}/plan.json",
+                  "--budget", "quick"], 1, "--plan and --budget both choose a starting plan"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/nan.npz"], 1, "nan.npz images must be finite; found 1 NaN"),
+    ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/onehot.npz"], 1, "labels look one-hot"),
+    ("evaluate", ["{tmp}/two.keras", "--epsilon", "0.1", "--data", "{tmp}/good.npz"], 1,
+     "has 2 outputs ('logits', 'aux'): choose its logits output with --output NAME"),
+    ("evaluate", ["{tmp}/two.keras", "--epsilon", "0.1", "--data", "{tmp}/good.npz", "--output", "probs"], 1,
+     "has no output 'probs'"),
     ("evaluate", ["{tmp}/run", "--attacks", "pgd,cw"], 2, "argument --attacks: Unknown attack 'cw'"),
     ("evaluate", ["{tmp}/run", "--epsilon", "8/0"], 2, "argument --epsilon: epsilon must be a number or a fraction"),
     ("evaluate", ["{tmp}/empty"], 1, "is not a finished training run: cannot read config.json"),
@@ -39,13 +52,13 @@ CASES = [
     ("evaluate", ["{tmp}/m.keras", "--data", "{tmp}/good.npz"], 1, "--epsilon is required for a model file"),
     ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1"], 1, "needs images: --dataset NAME or --data FILE.npz"),
     ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/range.npz"], 1,
-     "range.npz: x must lie in [0, 1]; its values span [255, 255]"),
+     "range.npz images must lie in [0, 1]; found values in [255, 255]"),
     ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/uint8.npz"], 1,
      "x must hold floats in [0, 1]; got uint8 (divide 8-bit pixels by 255)"),
     ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/shape.npz"], 1,
-     "shape.npz images are shaped (32, 32, 3), but model 'user' takes (28, 28, 1)"),
+     "model 'user' cannot take images shaped (32, 32, 3): it takes images shaped (28, 28, 1)"),
     ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/labels.npz"], 1,
-     "labels.npz images have labels in [0, 12], but model 'user' has 10 classes"),
+     "labels must lie in [0, 10) for model 'user', which has 10 classes; got 12 (label 3)"),
     ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/lengths.npz"], 1,
      "lengths.npz: x holds 4 images but y 3 labels"),
     ("evaluate", ["{tmp}/m.keras", "--epsilon", "0.1", "--data", "{tmp}/no_y.npz"], 1,
@@ -75,12 +88,20 @@ def inputs(tmp_path_factory):
     (tmp / "notes.txt").write_text("not a model")
     keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)],
                      name="user").save(tmp / "m.keras")
+    inputs = keras.Input((28, 28, 1))
+    hidden = keras.layers.Flatten()(inputs)
+    keras.Model(inputs, [keras.layers.Dense(10, name="logits")(hidden), keras.layers.Dense(3, name="aux")(hidden)]
+                ).save(tmp / "two.keras")
+    (tmp / "plan.json").write_text(json.dumps({"preset": "quick"}))
     images, labels = np.full((4, 28, 28, 1), 0.5, np.float32), np.arange(4)
+    with_nan = images.copy()
+    with_nan[2, 0, 0, 0] = np.nan
     for name, arrays in {"good": {"x": images, "y": labels}, "range": {"x": images * 510, "y": labels},
                          "uint8": {"x": (images * 255).astype(np.uint8), "y": labels},
                          "shape": {"x": np.full((4, 32, 32, 3), 0.5, np.float32), "y": labels},
                          "labels": {"x": images, "y": np.array([0, 1, 2, 12])},
-                         "lengths": {"x": images, "y": labels[:3]}, "no_y": {"x": images}}.items():
+                         "lengths": {"x": images, "y": labels[:3]}, "no_y": {"x": images},
+                         "nan": {"x": with_nan, "y": labels}, "onehot": {"x": images, "y": np.eye(10)[labels]}}.items():
         np.savez(tmp / f"{name}.npz", **arrays)
     return tmp
 
