@@ -80,6 +80,7 @@ def _environment(copy: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(copy), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a restored file must never meet its mutant's cached bytecode
+    env["COLUMNS"] = "300"  # wide enough for pytest to keep the error beside each failed test in its summary
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The tests find the data beside the repository; the copy is elsewhere, so point at it explicitly.
     env.setdefault("KERAS_PNIL_DATA_DIR", str(ROOT.parent / "shared" / "datasets"))
@@ -112,6 +113,15 @@ def _check_import(copy: Path, env: dict) -> None:
     if not Path(imported).resolve().is_relative_to(copy.resolve()):
         raise SystemExit(f"the tests would import keras_pnil from {imported}, not from the copy {copy}")
     print(f"keras_pnil imported from the copy: {imported}", flush=True)
+
+
+def _reason(output: str) -> str:
+    """What failed, from pytest's short summary: `test_name: ExceptionType` (an assertion, one hopes)."""
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            test, _, error = line.split(" ", 1)[1].partition(" - ")
+            return f"{test.rsplit('::', 1)[-1]}: {error.split(':')[0][:80] or line.split()[0]}"
+    return ""
 
 
 def _verdict(returncode: int | None) -> str:
@@ -153,7 +163,8 @@ def run(mutants: list[Mutant], baseline: bool = True) -> int:
                 path.write_text(original)
             verdict = _verdict(code)
             killed += verdict.startswith("killed")
-            print(f"{verdict:<9} {time.perf_counter() - start:5.0f}s  {mutant.id}", flush=True)
+            reason = f"  ({_reason(output)})" if verdict == "killed" else ""
+            print(f"{verdict:<9} {time.perf_counter() - start:5.0f}s  {mutant.id}{reason}", flush=True)
             if not verdict.startswith("killed"):
                 print(f"          {mutant.why}\n          tests: {' '.join(mutant.tests)}")
                 if verdict.startswith("BROKEN"):
