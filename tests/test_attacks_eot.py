@@ -139,3 +139,26 @@ def test_eot_gradients_sum_or_average_every_draws_gradient():
     np.testing.assert_allclose(tape.gradient(loss, xt).numpy(), expected / 4, rtol=1e-4, atol=1e-6)
     # One draw's gradient × 4 would not do: the draws' gradients differ.
     assert np.abs(4 * (per_draw[0] @ W.T) - expected).max() > 0.5
+
+
+EOT_ATTACKS = {
+    "pgd": lambda m, x, y, draws: kp.pgd(m, x, y, 0.1, steps=2, eot_samples=draws),
+    "apgd": lambda m, x, y, draws: kp.apgd(m, x, y, 0.1, steps=2, eot_samples=draws),
+    "apgd-t": lambda m, x, y, draws: kp.apgd_targeted(m, x, y, 0.1, steps=2, targets=1, eot_samples=draws),
+    "fab-t": lambda m, x, y, draws: kp.fab_targeted(m, x, y, 0.1, steps=2, targets=1, eot_samples=draws),
+    "spsa": lambda m, x, y, draws: kp.spsa(m, x, y, 0.1, steps=2, perturbations=8, eot_samples=draws),
+    "square": lambda m, x, y, draws: kp.square(m, x, y, 0.1, queries=5, eot_samples=draws),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EOT_ATTACKS))
+def test_every_attack_queries_the_model_with_its_eot_draws(name, recorder):
+    # A spy before a PNIL sees every forward pass: after the probe's two calls, each pass of an attack with
+    # 3 draws holds 3 copies of its images (1 or 2 here; SPSA: its 8 perturbations of each), never 1, 2 or 16.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), recorder, kp.PixelwiseNoiseInjection(),
+                              keras.layers.Flatten(), keras.layers.Dense(4)])
+    x = np.random.default_rng(0).uniform(size=(2, 4, 4, 1)).astype("float32")
+    EOT_ATTACKS[name](model, x, np.array([0, 1]), 3)
+    passes = [len(batch) for batch in recorder.seen[2:]]
+    assert passes and all(n % 3 == 0 for n in passes), passes

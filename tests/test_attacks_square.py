@@ -51,12 +51,14 @@ def test_square_windows_shrink_on_the_papers_schedule(recorder, channels):
     assert np.all(np.abs(start - 0.5) == pytest.approx(0.1)) and np.all(start == start[:1])
     if channels == 3:
         assert np.any(start[0, :, 0] != start[0, :, 1])  # each channel draws its own signs
-    sides = {}
+    sides, mixed_windows = {}, 0
     for query, point in enumerate(queries, start=1):
         changed = np.any(point != start, axis=-1)  # the pixels of the window whose sign changed
         rows = changed.sum(0)
         if rows.any():
             sides[query] = int(rows.max())
             assert np.all(rows[rows > 0] == sides[query])  # a square: the same rows in every column it changed
+            mixed_windows += np.ptp(point[changed], axis=-1).max() > 0  # its channels took different signs
     assert len(sides) > 60
     assert sides == {q: SIDES[q] for q in sides}
+    assert (mixed_windows > 20) == (channels == 3)  # a fresh sign per channel (each window: 3 in 4 mix them)
