@@ -197,7 +197,7 @@ def test_nfgsm_trains_on_uniform_noise_of_k_epsilon_plus_the_signed_step(multipl
     noise = (nfgsm(_linear_fn([1.0, -1.0]), x, tf.ones([n], tf.int32)) - x).numpy() - eps * np.array([1.0, -1.0])
     radius = multiplier * eps
     assert np.abs(noise).max() <= radius + 1e-6 and np.abs(noise).max() > 0.98 * radius
-    assert noise.std() == pytest.approx(radius / np.sqrt(3), rel=0.05) and abs(noise.mean()) < 0.02 * radius
+    assert noise.std() == pytest.approx(radius / np.sqrt(3), rel=0.05) and abs(noise.mean()) < 0.04 * radius
 
 
 def test_nfgsm_takes_its_gradient_over_eot_samples_draws():
