@@ -237,11 +237,11 @@ def _timed(timings: dict, key: str, fn):
     return value
 
 
-def _stored_records(suite: dict, budget: str, specs, runs_dir: Path) -> tuple[list, list]:
+def _stored_records(suite: dict, budget: str, specs, runs_dir: Path, data_dir=None) -> tuple[list, list]:
     """The runs of `specs` finished and evaluated for `budget` so far, and their records (nothing is computed)."""
     request, cache = suite_request(suite, budget), {}
     done = [(spec, runs.evaluate_run(runs_dir / spec.name, request, runs_dir / "evaluation", cache,
-                                     stored_only=True, label=spec.method))
+                                     data_dir=data_dir, stored_only=True, label=spec.method))
             for spec in specs if runs.is_finished(runs_dir / spec.name)]
     done = [(spec, record) for spec, record in done if record is not None]
     return [spec for spec, _ in done], [record for _, record in done]
@@ -288,7 +288,7 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
 
 def _report(suite: dict, budget: str, specs, runs_dir: Path, results_dir: Path, data_dir) -> Path:
     """The summary of the runs finished so far (see `run_suite`'s `report_only`)."""
-    done, records = _stored_records(suite, budget, specs, runs_dir)
+    done, records = _stored_records(suite, budget, specs, runs_dir, data_dir)
     if not done:
         raise SuiteError(f"no run of suite {suite['path']} has been trained and evaluated for budget {budget!r} "
                          f"under {runs_dir} yet")
