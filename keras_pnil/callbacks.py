@@ -3,6 +3,7 @@ monitor and the PNIL's per-epoch statistics."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -15,6 +16,8 @@ from keras_pnil.attacks.eot import probe
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.files import atomic_write_json, read_json
 from keras_pnil.history import read_history
+
+log = logging.getLogger("keras_pnil")
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -84,8 +87,8 @@ class ConvergenceStop(keras.callbacks.Callback):
             return
         self._update(float(value))
         if self.wait >= self.patience:
-            print(f"\nConverged: {self.monitor} has not improved on {self.best:.4f} for {self.wait} epochs; "
-                  f"stopping after epoch {epoch + 1}.")
+            log.info(f"Converged: {self.monitor} has not improved on {self.best:.4f} for {self.wait} epochs; "
+                     f"stopping after epoch {epoch + 1}.")
             self.model.stop_training, self.stopped_at = True, epoch + 1
 
 
@@ -155,8 +158,8 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
             if random:
                 logs["pgd_no_eot_val_accuracy"] = self._pgd_accuracy(1)
         if self.early_stop and pgd_accuracy < self.best - self.drop and self._previous_weights:
-            print(f"\nCatastrophic overfitting at epoch {epoch + 1}: PGD accuracy {pgd_accuracy:.3f} "
-                  f"after a best of {self.best:.3f}; stopping and restoring the previous epoch.")
+            log.warning(f"Catastrophic overfitting at epoch {epoch + 1}: PGD accuracy {pgd_accuracy:.3f} "
+                        f"after a best of {self.best:.3f}; stopping and restoring the previous epoch.")
             self.model.set_weights(self._previous_weights)
             self.model.stop_training, self.collapsed_at = True, epoch + 1
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -84,13 +85,17 @@ ATTACK_NAMES = _flag_type(check_attack_names, "attacks")
 def _message(err: Exception) -> str:
     if isinstance(err, OSError) and err.strerror:
         return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
-    return str(err)
+    return _with_flags(str(err))
 
 
 def _command(main):
-    """Runs a command's body, turning a user error into `error: <message>` on stderr and exit status 1."""
+    """Runs a command's body, turning a user error into `error: <message>` on stderr and exit status 1.
+
+    The library reports progress through the `keras_pnil` logger; a command shows it on stdout.
+    """
     @functools.wraps(main)
     def wrapped(argv=None) -> int:
+        _show_progress()
         try:
             return main(argv)
         except USER_ERRORS as err:
@@ -100,6 +105,20 @@ def _command(main):
             return 1
 
     return wrapped
+
+
+class _Stdout(logging.Handler):
+    """The library's progress lines on whatever `sys.stdout` is when they come."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), flush=True)
+
+
+def _show_progress() -> None:
+    logger = logging.getLogger("keras_pnil")
+    if not any(isinstance(h, _Stdout) for h in logger.handlers):
+        logger.addHandler(_Stdout())
+    logger.setLevel(logging.INFO)
 
 
 # ---------------------------------------------------------------- keras-pnil-train
@@ -355,7 +374,8 @@ def evaluate_main(argv=None) -> int:
 
 # The library's advice, in the command's words.
 FLAG_HINTS = {"choose its logits output": "choose its logits output with --output NAME",
-              "import it first": "import it first with --custom-objects FILE.py"}
+              "import it first": "import it first with --custom-objects FILE.py",
+              "point data_dir or": "point --data-dir or", "or data_dir at": "or --data-dir at"}
 
 
 def _with_flags(message: str) -> str:

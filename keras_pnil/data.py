@@ -92,7 +92,7 @@ def _dataset_directory(name: str, data_dir: Path) -> Path:
     if name == "cifar10" and (data_dir / "cifar-10-batches-bin").is_dir():
         return data_dir / "cifar-10-batches-bin"
     if not data_dir.is_dir():
-        raise DatasetError(f"Data directory {data_dir} does not exist: point --data-dir or ${DATA_DIR_ENV} at a "
+        raise DatasetError(f"Data directory {data_dir} does not exist: point data_dir or ${DATA_DIR_ENV} at a "
                            "folder holding the official files.")
     return data_dir
 
@@ -145,7 +145,7 @@ def _load_tfds(name: str, splits=("train", "test")):
     except Exception as err:  # tfds raises many types (connection, checksum, download) for one cause
         raise DatasetError(
             f"tensorflow-datasets could not provide {name!r} ({type(err).__name__}: {str(err)[:200]}). "
-            f"Without internet, point ${DATA_DIR_ENV} or --data-dir at a folder holding the official files."
+            f"Without internet, point ${DATA_DIR_ENV} or data_dir at a folder holding the official files."
         ) from err
     return [(np.asarray(x), np.asarray(y)) for x, y in tfds.as_numpy(splits)]
 

@@ -11,6 +11,7 @@ evaluations and figure data already written for the same budget are read back.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from keras_pnil.layers import find_pnil
 from keras_pnil.plan import PlanRequest
 from keras_pnil.summary import suite_summary
 
+log = logging.getLogger("keras_pnil")
 OFFICIAL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
 
 
@@ -266,20 +268,21 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
     timings = _read_timings(timings_path)
     data_cache, records = {}, []
     for i, spec in enumerate(specs, 1):
-        print(f"### [{i}/{len(specs)}] {spec.name}", flush=True)
+        log.info(f"### [{i}/{len(specs)}] {spec.name}")
         if spec.dataset not in data_cache:
             data_cache[spec.dataset] = data.load_dataset(spec.dataset, data_dir)
         keras.backend.clear_session()
         run = runs_dir / spec.name
         if runs.is_finished(run):
-            print(f"{run} holds a finished run: not trained again")
+            log.info(f"{run} holds a finished run: not trained again")
         else:
             config = train_config(suite, budget, spec, data_dir)
-            _timed(timings, f"train/{spec.name}", lambda: print(runs.train_run(config, run, data_cache[spec.dataset])))
+            _timed(timings, f"train/{spec.name}",
+                   lambda: log.info(runs.train_run(config, run, data_cache[spec.dataset])))
         atomic_write_json(timings_path, timings)  # kept if the evaluation is killed
         records.append(_timed(timings, f"evaluate/{spec.name}", lambda: runs.evaluate_run(
             runs_dir / spec.name, suite_request(suite, budget), runs_dir / "evaluation", data_cache,
-            data_dir=data_dir, label=spec.method, progress=print)))
+            data_dir=data_dir, label=spec.method, progress=log.info)))
         atomic_write_json(timings_path, timings)
     figures = _timed(timings, "figures", lambda: _figures(suite, budget, specs, runs_dir, results_dir, data_cache))
     atomic_write_json(timings_path, timings)
@@ -309,5 +312,5 @@ def _write_summary(suite, budget, specs, records, figures, timings, runs_dir: Pa
     summary = suite_summary(suite, budget, records, figures, timings, tables, specs, histories, planned)
     path = results_dir / "summary.md"
     atomic_write_text(path, summary)
-    print(summary)
+    log.info(summary)
     return path

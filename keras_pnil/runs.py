@@ -11,6 +11,7 @@ it raises `RunError` (and `ValueError` for bad configurations), never exits.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import zipfile
@@ -30,6 +31,7 @@ from keras_pnil.plan import PlanRequest
 from keras_pnil.training import METHODS, get_perturbation
 from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
 
+log = logging.getLogger("keras_pnil")
 CONFIG, MODEL, DONE, HISTORY = "config.json", "model.keras", "done.json", "history.csv"
 BACKUP, BEST, LOGS, LR_RANGE_TEST, MONITOR = "backup", "best", "logs", "lr_range_test.csv", "monitor"
 
@@ -137,7 +139,7 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> tuple[dict,
             history, (config["base_lr"], config["max_lr"]) = recipe.range_test_bounds(config, train_ds)
             config["lr_bounds"] = "range test"
             atomic_write_text(out / LR_RANGE_TEST, "lr,loss\n" + "".join(f"{r},{v}\n" for r, v in history))
-            print(f"LR range test suggests a cyclical rate in [{config['base_lr']:.2e}, {config['max_lr']:.2e}]")
+            log.info(f"LR range test suggests a cyclical rate in [{config['base_lr']:.2e}, {config['max_lr']:.2e}]")
         trainer = recipe.build_trainer(config)
         recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch), config["pnil_lr_multiplier"])
     atomic_write_json(out / CONFIG, config)
