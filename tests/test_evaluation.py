@@ -1,5 +1,9 @@
+import dataclasses
+
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_pnil as kp
 
@@ -111,3 +115,84 @@ def test_pnil_gradients_show_the_loss_pushing_loud_noise_down_consistently(train
     # σ ≈ 0.08 barely matters: B's pull is orders of magnitude weaker and hardly more consistent than noise.
     assert stats["quiet"]["object_B"]["mean_abs"] < 0.1 * stats["loud"]["object_B"]["mean_abs"]
     assert stats["quiet"]["object_B"]["consistency"] < 1.5 * noise
+
+
+def test_min_is_the_lowest_attack_whatever_its_place(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    weak = {"pgd.steps": 1, "pgd.step_size": 0.01, "apgd-ce.steps": 10, "checks.enabled": False}
+    for attacks in (("apgd-ce", "pgd"), ("pgd", "apgd-ce")):
+        result = kp.robustness(trained_pair[False], xt[:100], yt[:100], 0.2, attacks=attacks, budget="quick",
+                               progress=lambda m: None, **weak)
+        assert result.accuracy("apgd-ce") < result.accuracy("pgd")  # the strong one must decide Min
+        assert result.effective == min(result.accuracy(a) for a in attacks) == result.accuracy("apgd-ce")
+        assert result.worst_case == pytest.approx(result.accuracy("apgd-ce"), abs=0.02)
+
+
+@pytest.mark.parametrize("name", sorted(kp.attacks.ATTACKS))
+def test_each_attack_runs_with_the_plans_settings_eot_draws_seed_and_images(name, trained_pair, mnist, monkeypatch):
+    _, (xt, yt) = mnist
+    calls = []
+    spec = kp.attacks.ATTACKS[name]
+
+    def spy(model, x, y, epsilon, **keywords):
+        calls.append((len(x), keywords))
+        return np.asarray(x)
+
+    monkeypatch.setitem(kp.attacks.ATTACKS, name, dataclasses.replace(spec, function=spy))
+    values = {f"{name}.images": 30, f"{name}.eot_samples": 3, f"{name}.seed": 7, "eot_samples": 5,
+              "checks.enabled": False}
+    result = kp.robustness(trained_pair[True], xt[:40], yt[:40], 0.1, attacks=name, budget="quick",
+                           progress=lambda m: None, **values)
+    planned = result.plan.attack(name)
+    (count, keywords), = calls
+    assert count == len(planned.images) == 30 and keywords["seed"] == 7
+    assert keywords["eot_samples"] == planned.eot_samples == (spec.fixed_eot or 3)
+    assert {k: keywords[k] for k in spec.keywords(planned.settings)} == spec.keywords(planned.settings)
+    calls.clear()
+    kp.robustness(trained_pair[False], xt[:40], yt[:40], 0.1, attacks=name, budget="quick", progress=lambda m: None,
+                  **values)
+    assert calls[0][1]["eot_samples"] == 1  # a deterministic model: one draw, whatever the plan asked
+
+
+class CyclingLogits(keras.layers.Layer):
+    """Random-looking at inference with known draws: right (class 0) on three calls of every four."""
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+    def call(self, x):
+        self.calls.assign_add(1.0)
+        right = tf.cast(tf.math.floormod(self.calls, 4.0) > 0, tf.float32)
+        logits = tf.stack([10.0 * right, 10.0 * (1 - right)] + [tf.zeros(())] * 8)
+        return tf.zeros_like(x[:, :1]) + logits + 1e-3 * self.calls  # every call differs; the argmax cycles
+
+
+def test_the_accuracy_of_a_random_model_is_the_fraction_of_right_draws():
+    model = keras.Sequential([keras.Input((4,)), CyclingLogits()])
+    x, y = np.zeros((6, 4), np.float32), np.zeros(6, np.int64)
+    assert kp.probe(model, x).random
+    per_image = kp.correctness.per_example_correct(model, x, y, draws=8)
+    np.testing.assert_array_equal(per_image, np.full(6, 0.75))  # 6 right draws of 8, every image
+    assert kp.accuracy(model, x, y, draws=8) == 0.75
+    assert kp.accuracy(model, x, y, draws=8, mode="mean_softmax") == 1.0  # the mean softmax favours class 0
+    assert kp.accuracy(model, x, y, draws=4, mode="expected") == 0.75
+
+
+def test_the_eot_curve_uses_each_of_its_draws(trained_pair, mnist, monkeypatch):
+    _, (xt, yt) = mnist
+    used = []
+    real = kp.curves.pgd
+    monkeypatch.setattr(kp.curves, "pgd", lambda *a, **k: used.append(k["eot_samples"]) or real(*a, **k))
+    curve = kp.curves.eot_curve(trained_pair[True], xt[:10], yt[:10], 0.1, [1, 4, 2], steps=2, draws=1)
+    assert used == [1, 4, 2] and len(curve) == 3
+
+
+def test_the_convergence_check_flags_a_pgd_that_has_not_converged(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    # One step of 0.03 at ε = 0.3 is far from converged: two steps go twice as far.
+    result = kp.robustness(trained_pair[False], xt[:100], yt[:100], 0.3, attacks="pgd", budget="quick",
+                           progress=lambda m: None, **{"pgd.steps": 1, "pgd.step_size": 0.03, "checks.images": 100,
+                                                       "checks.square_queries": 20})
+    flags = {c.check: c for c in result.checks}
+    assert flags["PGD convergence"].flagged and flags["PGD convergence"].value < -0.03
+    assert not flags["large-ε PGD"].flagged  # PGD itself works: only its budget is too small
