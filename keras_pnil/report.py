@@ -83,8 +83,10 @@ def markdown(records, budget: str) -> str:
     header, rows = table_rows(records)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return (f"Accuracy in percent, mean ± std over folds. **Min** = effective robustness "
-            f"(lowest over attacks); `*` = PNIL vs baseline significant (corrected resampled t-test, "
+    return (f"Accuracy in percent, mean ± std over folds; an image counts as robust to an attack only if it is "
+            f"classified right both as it is and attacked. **Min** = effective robustness: the lowest attack "
+            f"accuracy on the images every attack saw (a subset when some attacks run on fewer images, so it may "
+            f"differ from an attack's column); `*` = PNIL vs baseline significant (corrected resampled t-test, "
             f"α = {ALPHA}).\n\nBudget: {budget}\n\n" + "\n".join(lines) + "\n")
 
 
