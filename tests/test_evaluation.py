@@ -196,3 +196,20 @@ def test_the_convergence_check_flags_a_pgd_that_has_not_converged(trained_pair, 
     flags = {c.check: c for c in result.checks}
     assert flags["PGD convergence"].flagged and flags["PGD convergence"].value < -0.03
     assert not flags["large-ε PGD"].flagged  # PGD itself works: only its budget is too small
+
+
+def test_an_image_the_model_gets_wrong_is_never_robust(monkeypatch):
+    # The model says class 1 when the mean pixel exceeds 0.5; the images sit at 0.45 with label 1, so it gets
+    # them wrong, and an "attack" that brightens them by ε makes it right: still not robust.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.set_weights([np.tile([[-0.25, 0.25]], (4, 1)).astype("float32"), np.array([0.5, -0.5], "float32")])
+    x, y = np.full((10, 4), 0.45, np.float32), np.ones(10, np.int64)
+
+    def brighten(model, x, y, epsilon, **keywords):
+        return np.clip(x + epsilon, 0, 1).astype(np.float32)
+
+    spec = kp.attacks.AttackSpec("brighten", brighten, {}, lambda s: "brighten", lambda s, eot: 1)
+    monkeypatch.setitem(kp.attacks.ATTACKS, "brighten", spec)
+    assert kp.accuracy(model, x, y) == 0 and kp.accuracy(model, brighten(model, x, y, 0.1), y) == 1
+    result = kp.robustness(model, x, y, 0.1, attacks="brighten", checks=False, progress=lambda m: None)
+    assert result.accuracy("brighten") == 0 and result.effective == 0 and result.clean == 0
