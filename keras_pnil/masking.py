@@ -33,9 +33,10 @@ def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> l
     """The checks of `plan` (an `evaluation.Plan` whose `checks` is set), each a `Check`.
 
     1. A gradient-free attack (SPSA, Square; Square is run here as a witness if
-       it was not among the attacks) beating the strongest gradient attack by
-       more than `GRADIENT_FREE_MARGIN` on the same images: the gradients
-       mislead the gradient attacks.
+       it was not among the attacks) beating the strongest gradient attack (any
+       attack that uses gradients, AutoAttack's ensemble included) by more than
+       `GRADIENT_FREE_MARGIN` on the images both saw: the gradients mislead the
+       gradient attacks.
     2. PGD at ε = 0.5 must reach near-zero accuracy; above
        `LARGE_EPSILON_CEILING` the gradient attack is not working.
     3. Doubling PGD's steps and EOT draws must not lower accuracy by more than
@@ -49,7 +50,7 @@ def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> l
     idx = np.asarray(checks.images, dtype=int)
     xs, ys = x[idx], y[idx]
     robust, images = dict(robust), {a.name: np.asarray(a.images, dtype=int) for a in plan.attacks}
-    if "square" not in robust:
+    if checks.square_witness:
         report(f"[checks] Square ({checks.square_queries} queries, EOT {checks.square_eot_samples}) on "
                f"{len(idx)} images as a gradient-free witness ...")
         x_square = square(model, xs, ys, plan.epsilon, queries=checks.square_queries,
@@ -58,7 +59,7 @@ def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> l
         robust["square"][idx] = per_example_correct(model, x_square, ys, draws, random=random)
         images["square"] = idx
     results = []
-    gradient = [name for name in robust if get_attack(name).full_set and not get_attack(name).gradient_free]
+    gradient = [name for name in robust if not get_attack(name).gradient_free]
     for name in (n for n in robust if get_attack(n).gradient_free and gradient):
         on = functools.reduce(np.intersect1d, [images[g] for g in gradient], images[name])
         strongest = min(gradient, key=lambda g: np.mean(robust[g][on]))

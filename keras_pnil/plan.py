@@ -189,7 +189,7 @@ class PlanRequest:
         attacks = tuple(self._attack_plan(name, order, random, seed) for name in self.attacks)
         common = _common(attacks, n)
         draws = self.values["accuracy_draws"] if random else 1
-        checks = self._checks_plan(order, common, random, seed) if self.checks["enabled"] else None
+        checks = self._checks_plan(order, common, random, seed, attacks) if self.checks["enabled"] else None
         training = {k: v for k, v in (training or {}).items() if v is not None}
         return Plan(self, epsilon, n, random, draws, seed, attacks, common, checks, training)
 
@@ -202,7 +202,7 @@ class PlanRequest:
         return AttackPlan(name, own, tuple(np.sort(order[:min(count, len(order))]).tolist()), eot,
                           seed if chosen["seed"] is None else chosen["seed"])
 
-    def _checks_plan(self, order, common: tuple, random: bool, seed: int) -> ChecksPlan:
+    def _checks_plan(self, order, common: tuple, random: bool, seed: int, attacks: tuple) -> ChecksPlan:
         count = min(self.checks["images"] or len(common), len(common))
         members = set(common)
         chosen = tuple(np.sort([i for i in order if i in members][:count]).tolist())
@@ -210,8 +210,12 @@ class PlanRequest:
         queries = self.checks["square_queries"] or square["queries"]
         eot = (square["eot_samples"] or self.values["eot_samples"]) if random else 1
         pgd = self.settings["pgd"]
+        # Square witnesses against the gradient attacks: run it when it is not an attack already and some
+        # gradient attack is there to be compared with.
+        names = [a.name for a in attacks]
+        witness = "square" not in names and any(not get_attack(n).gradient_free for n in names)
         return ChecksPlan(chosen, pgd["steps"], pgd["step_size"], self.values["eot_samples"] if random else 1,
-                          queries, eot, seed)
+                          queries, eot, seed, witness)
 
 
 def _check_setting(attack: str, name: str, value) -> Any:
@@ -267,10 +271,11 @@ class ChecksPlan:
     square_queries: int
     square_eot_samples: int
     seed: int
+    square_witness: bool  # Square runs here, as a gradient-free witness against the gradient attacks
 
-    def cost(self, square_witness: bool) -> float:
+    def cost(self) -> float:
         pgd = self.pgd_steps * self.eot_samples * GRADIENT_COST * 3  # large-ε PGD, then steps and EOT doubled
-        return len(self.images) * (pgd + (self.square_queries * self.square_eot_samples if square_witness else 0))
+        return len(self.images) * (pgd + (self.square_queries * self.square_eot_samples if self.square_witness else 0))
 
 
 @dataclass(frozen=True)
@@ -331,7 +336,7 @@ class Plan:
                 words += f" on {len(attack.images)} of them"
             words += f" (EOT {attack.eot_samples})" if self.random else ""
             parts.append(words)
-        if self.checks is not None and "square" not in [a.name for a in self.attacks]:
+        if self.checks is not None and self.checks.square_witness:
             parts.append(f"Square {self.checks.square_queries} queries on {len(self.checks.images)} images "
                          "(masking witness)")
         parts.append(f"Min on the {len(self.common_images)} images every attack saw")
@@ -354,7 +359,7 @@ class Plan:
         still standing.
         """
         accuracy = (self.num_images + sum(len(a.images) for a in self.attacks)) * self.accuracy_draws
-        checks = self.checks.cost("square" not in [a.name for a in self.attacks]) if self.checks else 0
+        checks = self.checks.cost() if self.checks else 0
         return accuracy + sum(a.cost() for a in self.attacks) + checks
 
     def to_dict(self) -> dict:

@@ -213,3 +213,14 @@ def test_an_image_the_model_gets_wrong_is_never_robust(monkeypatch):
     assert kp.accuracy(model, x, y) == 0 and kp.accuracy(model, brighten(model, x, y, 0.1), y) == 1
     result = kp.robustness(model, x, y, 0.1, attacks="brighten", checks=False, progress=lambda m: None)
     assert result.accuracy("brighten") == 0 and result.effective == 0 and result.clean == 0
+
+
+def test_the_square_witness_is_compared_with_the_ensemble_when_only_it_ran(trained_pair, mnist):
+    _, (xt, yt) = mnist
+    result = kp.robustness(trained_pair[False], xt[:20], yt[:20], 0.1, attacks="autoattack", budget="autoattack",
+                           progress=lambda m: None, **{"autoattack.apgd_steps": 2, "autoattack.fab_steps": 2,
+                                                       "autoattack.queries": 10, "autoattack.targets": 1,
+                                                       "checks.images": 10, "checks.square_queries": 10,
+                                                       "pgd.steps": 2})
+    assert [c.check for c in result.checks] == ["square vs autoattack", "large-ε PGD"]
+    assert "on the same 10 images" in result.checks[0].detail

@@ -98,7 +98,9 @@ def test_the_cost_is_the_plans_and_grows_with_every_field():
     plan = _plan("quick", "pgd,spsa", num_images=100, **{"spsa.images": 10})
     pgd, spsa = plan.attack("pgd"), plan.attack("spsa")
     assert pgd.cost() == 100 * 20 * 1 * 4 * 3 and spsa.cost() == 10 * 10 * 64 * 4
-    checks = plan.checks.cost(square_witness=True)
+    checks = plan.checks.cost()
+    assert plan.checks.square_witness and not _plan("quick", "pgd,square", num_images=100).checks.square_witness
+    assert not _plan("quick", "spsa", num_images=100).checks.square_witness  # no gradient attack to compare with
     assert checks == 10 * (20 * 4 * 3 * 3 + 300 * 4)
     assert plan.cost_units() == (100 + 100 + 10) * 5 + pgd.cost() + spsa.cost() + checks
     bigger = _plan("quick", "pgd,spsa", num_images=100, **{"spsa.images": 10, "pgd.restarts": 2})
