@@ -97,7 +97,9 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes_at_the_next_attack(trai
            str(tmp_path / "m.keras"), "--data", str(_npz(tmp_path / "d.npz", mnist, n=300)), "--epsilon", "0.1",
            "--budget", "quick", "--attacks", "pgd,square", "--set", "pgd.steps=10", "--set", "square.queries=400",
            "--set", "checks.enabled=false", "--out", str(out)]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A terminal's Ctrl-C: SIGINT at its default (a test run started in the background inherits it ignored).
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     finished = out / "m.stages" / "pgd.json"
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None and not finished.exists():
