@@ -84,9 +84,9 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, budget: 
     """Accuracy under each attack, the effective robustness (Min) and the per-image worst case.
 
     Attacks are names from `keras_pnil.attacks.ATTACKS` (a name, comma-separated
-    names, or a list). The plan starts from the preset `budget` ("paper",
-    "quick", "autoattack"; the library's default keeps the paper's attacks
-    with 20 EOT draws) or from `plan`, and keyword `values` override it:
+    names, or a list). The plan starts from the preset `budget` ("paper", the
+    paper's protocol; "quick"; "autoattack") or from `plan`, and keyword
+    `values` override it:
     `**{"pgd.steps": 20}`, a global such as `eot_samples=4`, or a flat key
     such as `pgd_steps=20`. Whether the model is random is judged by calling
     it twice on the same images: a random model is attacked with EOT, a
@@ -102,7 +102,6 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, budget: 
     x, y = check_inputs(model, x, y)
     if plan is None:
         plan = PlanRequest.from_preset(budget, names)
-        plan = plan.with_values({"eot_samples": 20}) if budget == "paper" else plan
     request = plan.with_attacks(names).with_values(
         {**values, **({} if seed is None else {"seed": seed}), **({} if checks else {"checks.enabled": False})})
     resolved = request.resolve(epsilon=epsilon, random=is_random(model, x, progress), num_images=len(x))
@@ -150,7 +149,7 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
         report(f"[{attack.name}] accuracy {np.nanmean(robust[attack.name]):.4f}")
     result = _result(plan, clean, robust)
     if plan.checks is not None:
-        result.checks = gradient_masking_checks(model, x, y, plan, robust, report)
+        result.checks = gradient_masking_checks(model, x, y, plan, clean, robust, report)
     return result
 
 

@@ -29,7 +29,7 @@ class Check:
     detail: str
 
 
-def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> list[Check]:
+def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=None) -> list[Check]:
     """The checks of `plan` (an `evaluation.Plan` whose `checks` is set), each a `Check`.
 
     1. A gradient-free attack (SPSA, Square; Square is run here as a witness if
@@ -42,13 +42,15 @@ def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> l
     3. Doubling PGD's steps and EOT draws must not lower accuracy by more than
        `CONVERGENCE_MARGIN`; otherwise the reported PGD is not converged.
 
-    `x`, `y` are all the evaluation images; `robust` maps each attack that ran
-    to its per-image accuracy over all of them (NaN where it did not attack).
+    `x`, `y` are all the evaluation images, `clean` the model's per-image
+    accuracy on them; `robust` maps each attack that ran to its per-image
+    accuracy over all of them (NaN where it did not attack). As everywhere, an
+    image counts as robust only if it is also classified right unattacked.
     """
     report = progress or (lambda message: None)
     checks, draws, random = plan.checks, plan.accuracy_draws, plan.random
     idx = np.asarray(checks.images, dtype=int)
-    xs, ys = x[idx], y[idx]
+    xs, ys, right = x[idx], y[idx], clean[idx]
     robust, images = dict(robust), {a.name: np.asarray(a.images, dtype=int) for a in plan.attacks}
     if checks.square_witness:
         report(f"[checks] Square ({checks.square_queries} queries, EOT {checks.square_eot_samples}) on "
@@ -56,7 +58,7 @@ def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> l
         x_square = square(model, xs, ys, plan.epsilon, queries=checks.square_queries,
                           eot_samples=checks.square_eot_samples, seed=checks.seed)
         robust["square"] = np.full(len(x), np.nan)
-        robust["square"][idx] = per_example_correct(model, x_square, ys, draws, random=random)
+        robust["square"][idx] = np.minimum(right, per_example_correct(model, x_square, ys, draws, random=random))
         images["square"] = idx
     results = []
     gradient = [name for name in robust if not get_attack(name).gradient_free]
@@ -67,13 +69,13 @@ def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> l
         results.append(Check(f"{name} vs {strongest}", -gap, gap > GRADIENT_FREE_MARGIN,
                              f"{name} accuracy minus {strongest}'s on the same {len(on)} images: {-gap:+.3f}"))
     report(f"[checks] PGD at ε = {LARGE_EPSILON} and with doubled steps/EOT on {len(idx)} images ...")
-    large = _pgd_accuracy(model, xs, ys, LARGE_EPSILON, checks.pgd_steps, None, checks.eot_samples, draws, random,
-                          checks.seed)
+    large = _pgd_accuracy(model, xs, ys, right, LARGE_EPSILON, checks.pgd_steps, None, checks.eot_samples, draws,
+                          random, checks.seed)
     results.append(Check("large-ε PGD", large, large > LARGE_EPSILON_CEILING,
                          f"PGD accuracy at ε={LARGE_EPSILON} is {large:.3f} (should be near 0)"))
     if "pgd" in robust:
         reported = float(np.mean(robust["pgd"][idx]))
-        doubled = _pgd_accuracy(model, xs, ys, plan.epsilon, 2 * checks.pgd_steps, checks.pgd_step_size,
+        doubled = _pgd_accuracy(model, xs, ys, right, plan.epsilon, 2 * checks.pgd_steps, checks.pgd_step_size,
                                 2 * checks.eot_samples if random else 1, draws, random, checks.seed)
         drop = reported - doubled
         results.append(Check("PGD convergence", -drop, drop > CONVERGENCE_MARGIN,
@@ -81,7 +83,7 @@ def gradient_masking_checks(model, x, y, plan, robust: dict, progress=None) -> l
     return results
 
 
-def _pgd_accuracy(model, x, y, epsilon, steps, step_size, eot, draws, random, seed) -> float:
+def _pgd_accuracy(model, x, y, clean, epsilon, steps, step_size, eot, draws, random, seed) -> float:
+    """PGD's accuracy on `(x, y)`, an image counting only where `clean` (its unattacked accuracy) allows."""
     x_adv = pgd(model, x, y, epsilon, steps=steps, step_size=step_size, eot_samples=eot, seed=seed)
-    correct = per_example_correct(model, x, y, draws, random=random)
-    return float(np.minimum(correct, per_example_correct(model, x_adv, y, draws, random=random)).mean())
+    return float(np.minimum(clean, per_example_correct(model, x_adv, y, draws, random=random)).mean())

@@ -196,7 +196,7 @@ class PlanRequest:
     def _attack_plan(self, name: str, order: np.ndarray, random: bool, seed: int) -> AttackPlan:
         spec, chosen = get_attack(name), self.settings[name]
         count = chosen["images"] or (len(order) if spec.full_set else self.settings["spsa"]["images"] or len(order))
-        eot = spec.fixed_eot or ((chosen["eot_samples"] or self.values["eot_samples"]) if random else 1)
+        eot = self._eot(name, random)
         followed = self.settings[spec.follows] if spec.follows else {}
         own = {k: followed[k] if spec.follows and chosen[k] is None else chosen[k] for k in spec.settings}
         return AttackPlan(name, own, tuple(np.sort(order[:min(count, len(order))]).tolist()), eot,
@@ -208,14 +208,21 @@ class PlanRequest:
         chosen = tuple(np.sort([i for i in order if i in members][:count]).tolist())
         square = self.settings["square"]
         queries = self.checks["square_queries"] or square["queries"]
-        eot = (square["eot_samples"] or self.values["eot_samples"]) if random else 1
+        eot = self._eot("square", random)
         pgd = self.settings["pgd"]
         # Square witnesses against the gradient attacks: run it when it is not an attack already and some
         # gradient attack is there to be compared with.
         names = [a.name for a in attacks]
         witness = "square" not in names and any(not get_attack(n).gradient_free for n in names)
-        return ChecksPlan(chosen, pgd["steps"], pgd["step_size"], self.values["eot_samples"] if random else 1,
-                          queries, eot, seed, witness)
+        return ChecksPlan(chosen, pgd["steps"], pgd["step_size"], self._eot("pgd", random), queries, eot, seed,
+                          witness)
+
+    def _eot(self, name: str, random: bool) -> int:
+        """The EOT draws of the attack `name`: its own, else the plan's, on a random model; one otherwise."""
+        spec = get_attack(name)
+        if spec.fixed_eot:
+            return spec.fixed_eot
+        return (self.settings[name]["eot_samples"] or self.values["eot_samples"]) if random else 1
 
 
 def _check_setting(attack: str, name: str, value) -> Any:

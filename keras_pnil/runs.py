@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import keras
 import numpy as np
 
 from keras_pnil import data as datasets
-from keras_pnil import jobs, models, recipe, records
+from keras_pnil import jobs, loading, models, recipe, records
 from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, ConvergenceStop, PNILStatistics
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
 from keras_pnil.history import read_history
@@ -226,28 +225,23 @@ def check_run(run) -> dict:
         raise RunError(f"{run} is not a finished training run: cannot read {CONFIG} ({reason})") from None
     if not (run / MODEL).is_file():
         raise RunError(f"{run} is not a finished training run: it has no {MODEL}")
-    check_model_file(run / MODEL)
+    _as_run_error(loading.check_model_file, run / MODEL)
     return config
 
 
-def check_model_file(path) -> None:
-    """Raises a RunError unless `path` is a Keras model archive (a .keras zip file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"{path}: no such model file")
-    if not zipfile.is_zipfile(path):
-        raise RunError(f"{path} is not a Keras model file (a .keras zip archive): truncated or another format")
+def _as_run_error(load, path):
+    """`load(path)`, its ModelFileError raised as the RunError of a run directory."""
+    try:
+        return load(path)
+    except loading.ModelFileError as err:
+        raise RunError(str(err)) from None
 
 
 def load_run(run) -> tuple[dict, keras.Model]:
     """A finished run's configuration and model."""
     run = Path(run)
     config = check_run(run)
-    try:
-        model = keras.models.load_model(run / MODEL)
-    except Exception as err:  # Keras raises many types for unreadable files
-        raise RunError(f"cannot load the model {run / MODEL}: {err}") from None
-    return config, model
+    return config, _as_run_error(loading.load_model, run / MODEL)
 
 
 def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

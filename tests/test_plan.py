@@ -40,6 +40,10 @@ def test_a_deterministic_model_is_planned_with_one_draw_everywhere():
     assert "deterministic model: no EOT, one draw" in plan.describe() and "(EOT" not in plan.describe()
     random = _plan("quick", "pgd,spsa,square", num_images=50, **{"square.eot_samples": 3})
     assert [a.eot_samples for a in random.attacks] == [4, 4, 3] and random.accuracy_draws == 5
+    # The checks' PGD and Square take the draws of the attacks they stand for, not only the plan's.
+    own = _plan("quick", "pgd,square", num_images=50, **{"pgd.eot_samples": 6, "square.eot_samples": 3})
+    assert (own.checks.eot_samples, own.checks.square_eot_samples) == (6, 3) == (
+        own.attack("pgd").eot_samples, own.attack("square").eot_samples)
     assert random.attack("square").eot_samples == 3 and "Square 300 queries on 50 of them (EOT 3)" not in \
         random.describe()  # 50 images: Square attacks all of them, so no "on N of them"
     assert "Square 300 queries (EOT 3)" in random.describe()
