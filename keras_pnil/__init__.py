@@ -50,6 +50,7 @@ from keras_pnil import (
     inputs,
     loading,
     masking,
+    methods,
     models,
     paper,
     plan,
@@ -90,7 +91,8 @@ __all__ = [
     "EOT", "AdversarialModel", "PixelwiseNoiseInjection", "Plan", "PlanRequest", "RobustnessResult", "accuracy",
     "adversarial", "apgd", "apgd_targeted", "attacks", "autoattack", "callbacks", "correctness", "curves", "data",
     "evaluation", "experiments", "fab_targeted", "figures", "files", "get_attack", "history", "inputs", "loading",
-    "masking", "models", "paper", "pgd", "plan", "pnil_diagnostics", "probe", "recipe", "records", "report",
+    "masking", "methods", "models", "paper", "pgd", "plan", "pnil_diagnostics", "probe", "recipe", "records",
+    "report",
     "reproduce", "results", "robustness", "run_autoattack", "runs", "schedules", "spsa", "square", "stats", "summary",
     "training", "validation",
 ]

@@ -19,9 +19,9 @@ from keras_pnil.attacks.registry import ATTACKS
 from keras_pnil.data import DATASETS, DatasetError, load_npz
 from keras_pnil.files import check_writable, exclusive, read_json
 from keras_pnil.inputs import check_attack_names
+from keras_pnil.methods import METHODS, Option, all_options, count, optional_positive, positive
 from keras_pnil.models import ARCHITECTURES
 from keras_pnil.plan import PRESETS, PlanRequest
-from keras_pnil.training import METHODS
 from keras_pnil.validation import parse_epsilon
 
 # Errors a user can cause and fix: printed as one line, no traceback (unless --debug).
@@ -137,7 +137,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory of the official files (default: $KERAS_PNIL_DATA_DIR, else tfds)")
     p.add_argument("--architecture", choices=sorted(ARCHITECTURES),
                    help="the network (default: the paper's for the data set: small_cnn, or resnet11 for cifar10)")
-    p.add_argument("--method", choices=sorted(METHODS), help=f"default {d['method']}")
+    p.add_argument("--method", choices=sorted(METHODS),
+                   help=f"default {d['method']}; " + "; ".join(f"{n}: {m.about}" for n, m in METHODS.items()))
     p.add_argument("--pnil", action=argparse.BooleanOptionalAction, help="put a PNIL first")
     p.add_argument("--epsilon", type=EPSILON, help="L∞ radius, e.g. 8/255 (default: the data set's)")
     p.add_argument("--epochs", type=COUNT, help=f"default {d['epochs']}")
@@ -156,11 +157,6 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-lr", type=POSITIVE, help=f"default {d['base_lr']}")
     p.add_argument("--max-lr", type=POSITIVE, help=f"default {d['max_lr']}")
     p.add_argument("--lr-range-test", action="store_true", help="pick the cyclical LR bounds with Smith's range test")
-    p.add_argument("--eot-samples", type=COUNT, help=f"NFGSM gradient samples L (default {d['eot_samples']})")
-    p.add_argument("--noise-multiplier", type=POSITIVE, help="NFGSM noise U(-kε, kε) (default 1)")
-    p.add_argument("--alpha", type=POSITIVE, help="RFGSM step (default: --alpha-ratio × ε)")
-    p.add_argument("--alpha-ratio", type=POSITIVE, help="RFGSM step in units of ε (paper 1.2, Wong et al. 1.25)")
-    p.add_argument("--pgd-steps", type=COUNT, help=f"PGD training steps (default {d['pgd_steps']})")
     p.add_argument("--pnil-lr-multiplier", type=POSITIVE,
                    help="the PNIL's W and B learn at this multiple of the learning rate (default 1)")
     p.add_argument("--pnil-bias", type=float,
@@ -170,8 +166,6 @@ def train_parser() -> argparse.ArgumentParser:
                         "this many epochs (--epochs is then the most)")
     p.add_argument("--min-delta", type=float,
                    help="with --patience: a new low must lie this fraction below the best (default 0)")
-    p.add_argument("--pgd-early-stop", action="store_true",
-                   help="PGD training: step only the images still classified right (Wong et al.'s MNIST PGD)")
     p.add_argument("--monitor-images", type=COUNT, help="validation images for the per-epoch PGD check (default 200)")
     p.add_argument("--monitor-eot", type=COUNT,
                    help="EOT samples of the per-epoch PGD check on PNIL models (default 4)")
@@ -179,7 +173,20 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"],
                    help="best: the lowest adversarial validation loss (default, the paper's); last: the final "
                         "weights (Wong et al.'s)")
+    methods = p.add_argument_group("training methods' options (each applies to its method only)")
+    for option in all_options():
+        _add_option_flag(methods, option)
     return p
+
+
+def _add_option_flag(parser, option: Option) -> None:
+    """A training method's declared option as a flag: `--key-with-dashes`."""
+    if option.is_switch:
+        parser.add_argument(option.flag, action="store_true", help=option.help)
+        return
+    known = {count: COUNT, positive: POSITIVE, optional_positive: POSITIVE}
+    parser.add_argument(option.flag, type=known.get(option.check) or _flag_type(option.parse, option.key),
+                        help=option.help)
 
 
 @_command

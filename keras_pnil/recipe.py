@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from keras_pnil import models
+from keras_pnil.methods import get_method
 from keras_pnil.schedules import CyclicalLearningRate, MultipliedAdam, OneCycleLearningRate, lr_range_test
 from keras_pnil.training import AdversarialModel, adversarial
 
@@ -22,10 +23,8 @@ LR_SCHEDULES = ("cyclical", "one_cycle")
 
 
 def method_options(config: dict) -> dict:
-    """The training method's own options, from the run configuration."""
-    return {"nfgsm": {"eot_samples": config["eot_samples"], "noise_multiplier": config["noise_multiplier"]},
-            "rfgsm": {"alpha": config["alpha"] or config["alpha_ratio"] * config["epsilon"]},
-            "pgd": {"steps": config["pgd_steps"], "early_stop": config["pgd_early_stop"]}}.get(config["method"], {})
+    """The training method's constructor keywords, from the run configuration (see its registration)."""
+    return get_method(config["method"]).method_keywords(config, config["epsilon"])
 
 
 def build_trainer(config: dict) -> AdversarialModel:

@@ -23,6 +23,7 @@ from keras_pnil import data, experiments, models, pnil_diagnostics, report, runs
 from keras_pnil.figures import plot_curve, plot_pnil_history, plot_pnil_maps, plot_training_curves
 from keras_pnil.files import atomic_write_json, atomic_write_text
 from keras_pnil.layers import find_pnil
+from keras_pnil.methods import get_method
 from keras_pnil.plan import PlanRequest
 from keras_pnil.summary import suite_summary
 
@@ -108,9 +109,9 @@ def train_config(suite: dict, budget: str, spec: RunSpec, data_dir=None) -> dict
 
 # ---------------------------------------------------------------- cost estimate
 def _training_units(options: dict, n_train: int) -> float:
-    """Forward-pass equivalents (a backward pass counts two) of one training run."""
-    per_image = {"clean": 3, "pgd": 3 + 3 * options.get("pgd_steps", 7)}.get(
-        options["method"], 3 + 3 * options.get("eot_samples", 1))
+    """Forward-pass equivalents (a backward pass counts two) of one training run: per image, its method's
+    declared cost (an unregistered method is an error, never priced as another)."""
+    per_image = get_method(options.get("method", runs.TRAIN_DEFAULTS["method"])).training_cost(options)
     images = options.get("train_size", n_train)
     monitor = options.get("monitor_images", 200) * 3 * 10 * (1 + options.get("monitor_eot", 4))
     return options.get("epochs", 10) * (images * per_image + options.get("validation_size", 5000) * 5 + monitor)

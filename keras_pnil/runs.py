@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import keras
@@ -26,29 +26,49 @@ from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor,
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
 from keras_pnil.history import read_history
 from keras_pnil.layers import DEFAULT_BIAS, LOG_VARIANCE_RANGE, find_pnil
+from keras_pnil.methods import METHODS, all_options, get_method
 from keras_pnil.plan import PlanRequest
-from keras_pnil.training import METHODS, get_perturbation
 from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
 
 log = logging.getLogger("keras_pnil")
 CONFIG, MODEL, DONE, HISTORY = "config.json", "model.keras", "done.json", "history.csv"
 BACKUP, BEST, LOGS, LR_RANGE_TEST, MONITOR = "backup", "best", "logs", "lr_range_test.csv", "monitor"
 
-# Every option of a training run, with its default (the train command's flags and train/*.json keys).
-TRAIN_DEFAULTS = {
+# Every option of a training run but the methods' own, with its default (the train command's flags and
+# train/*.json keys); each method declares its options in its registration (`keras_pnil.methods`).
+RUN_DEFAULTS = {
     "dataset": "mnist", "data_dir": None, "architecture": None, "method": "nfgsm", "pnil": False, "epsilon": None,
     "epochs": 10, "batch_size": 100, "seed": 0, "strategy": "default", "train_size": None, "validation_size": None,
-    "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False, "eot_samples": 1,
-    "noise_multiplier": 1.0, "alpha": None, "alpha_ratio": 1.2, "pgd_steps": 7, "pgd_early_stop": False,
+    "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False,
     "monitor_images": 200, "monitor_eot": 4, "early_stop": False, "checkpoint": "best", "pnil_lr_multiplier": 1.0,
     "pnil_bias": DEFAULT_BIAS, "patience": None, "min_delta": 0.0,
 }
+
+
+class _TrainDefaults(Mapping):
+    """`RUN_DEFAULTS` and every registered method's option defaults, read from the registry when asked (so a
+    method registered after import is in it)."""
+
+    def _all(self) -> dict:
+        return {**RUN_DEFAULTS, **{o.key: o.default for o in all_options()}}
+
+    def __getitem__(self, key):
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+TRAIN_DEFAULTS: Mapping = _TrainDefaults()  # every option of a training run, with its default
 # "best": restore the weights of the lowest adversarial validation loss (the paper); "last": keep the final
 # weights, as Wong et al. do, so that a collapse at the end of training shows in the evaluated model.
 CHECKPOINTS = ("best", "last")
-_COUNTS = ("epochs", "batch_size", "eot_samples", "pgd_steps", "monitor_images", "monitor_eot")
+_COUNTS = ("epochs", "batch_size", "monitor_images", "monitor_eot")
 _OPTIONAL_COUNTS = ("train_size", "validation_size", "patience")  # patience: epochs (see ConvergenceStop)
-_POSITIVE = ("base_lr", "max_lr", "noise_multiplier", "alpha_ratio", "pnil_lr_multiplier")
+_POSITIVE = ("base_lr", "max_lr", "pnil_lr_multiplier")
 FOLDS = 10  # the 5×2 protocol
 
 
@@ -62,10 +82,11 @@ def training_config(options: dict) -> dict:
     ε may be a string such as "8/255"; without one, the data set's (the
     paper's) is used. Raises a ValueError naming the first bad option.
     """
-    unknown = set(options) - set(TRAIN_DEFAULTS)
+    defaults = dict(TRAIN_DEFAULTS)
+    unknown = set(options) - set(defaults)
     if unknown:
-        raise ValueError(f"Unknown training option(s) {sorted(unknown)}; expected some of {sorted(TRAIN_DEFAULTS)}.")
-    config = {**TRAIN_DEFAULTS, **options}
+        raise ValueError(f"Unknown training option(s) {sorted(unknown)}; expected some of {sorted(defaults)}.")
+    config = {**defaults, **options}
     datasets.check_dataset_name(config["dataset"])
     check_choice("training method", config["method"], METHODS)
     check_choice("strategy", config["strategy"], recipe.STRATEGIES)
@@ -79,8 +100,10 @@ def training_config(options: dict) -> dict:
         check_count(key, config[key])
     for key in (k for k in _OPTIONAL_COUNTS if config[k] is not None):
         check_count(key, config[key])
-    for key in (k for k in (*_POSITIVE, "alpha") if config[k] is not None):
+    for key in _POSITIVE:
         check_positive(key, config[key])
+    for option in all_options():  # every method's, so that a bad value in a shared config file shows at once
+        config[option.key] = option.check(option.key, config[option.key])
     check_count("seed", config["seed"], minimum=0)
     if not (isinstance(config["min_delta"], int | float) and 0 <= config["min_delta"] < 1):
         raise ValueError(f"min_delta (the fraction a new low must lie below the best) must be in [0, 1); "
@@ -94,7 +117,7 @@ def training_config(options: dict) -> dict:
     if config["max_lr"] < config["base_lr"]:
         raise ValueError(f"max_lr must be >= base_lr; got base_lr={config['base_lr']}, max_lr={config['max_lr']}.")
     config["method_options"] = recipe.method_options(config)
-    get_perturbation(config["method"], config["epsilon"], **config["method_options"])  # its own checks
+    get_method(config["method"]).build(config["epsilon"], **config["method_options"])  # the method's own checks
     return config
 
 

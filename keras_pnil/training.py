@@ -1,9 +1,11 @@
-"""Adversarial training as a Keras `train_step`: clean, FGSM, RFGSM, NFGSM and PGD.
+"""Adversarial training as a Keras `train_step`: any registered method (`keras_pnil.methods`).
 
-A perturbation is a small callable object `(model_fn, x, y) -> x_adv`; the
-`AdversarialModel` applies it inside the compiled train step and then runs
-Keras' own step on the perturbed batch, so `compile`, `fit`, callbacks,
-distribution strategies and mixed precision work unchanged.
+A method declares the batch Keras trains on (its perturbation, `(model_fn, x,
+y) -> x_adv`) and, optionally, extra loss terms. The `AdversarialModel`
+computes the batch inside the compiled train step, then runs Keras' own step
+on it; the extra terms are added in `compute_loss`, under Keras' own gradient
+tape. So `compile`, `fit`, callbacks, distribution strategies and mixed
+precision work unchanged.
 """
 
 from __future__ import annotations
@@ -12,147 +14,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.attacks.common import per_image
-from keras_pnil.attacks.eot import cross_entropy_sum, input_gradient
-from keras_pnil.attacks.pgd import default_step_size
-from keras_pnil.validation import check_choice, check_count, check_epsilon, check_inputs, check_positive
+from keras_pnil.methods import FGSM, METHODS, NFGSM, PGD, RFGSM, Clean, Method, build
+from keras_pnil.methods.base import Batch, replica_share
+from keras_pnil.validation import check_inputs
+
+Perturbation = Method  # the name before methods could add loss terms
+__all__ = ["AdversarialModel", "adversarial", "get_perturbation", "METHODS", "Perturbation", "Clean", "FGSM",
+           "RFGSM", "NFGSM", "PGD"]
 
 
-def _uniform(x, radius: float):
-    return tf.random.uniform(tf.shape(x), -radius, radius, dtype=x.dtype)
+def get_perturbation(method: str, epsilon: float, **options) -> Method:
+    """The training method named `method` (a registered one), with its options validated.
 
-
-def _signed_gradient(model_fn, x, y, samples: int = 1):
-    return tf.sign(tf.stop_gradient(input_gradient(model_fn, x, y, samples)))
-
-
-class Perturbation:
-    """Base class: validates and holds `epsilon`, the L∞ radius."""
-
-    name = "perturbation"
-
-    def __init__(self, epsilon: float):
-        self.epsilon = check_epsilon(epsilon)
-
-    def __call__(self, model_fn, x, y):
-        raise NotImplementedError
-
-
-class Clean(Perturbation):
-    """No perturbation: ordinary training (ε is only recorded)."""
-
-    name = "clean"
-
-    def __call__(self, model_fn, x, y):
-        return x
-
-
-class FGSM(Perturbation):
-    """x + ε·sign(∇x L), clipped to [0, 1] (Goodfellow et al.)."""
-
-    name = "fgsm"
-
-    def __call__(self, model_fn, x, y):
-        return tf.clip_by_value(x + self.epsilon * _signed_gradient(model_fn, x, y), 0.0, 1.0)
-
-
-class RFGSM(Perturbation):
-    """FGSM from a random start, projected back (Wong et al.'s FGSM-RS, "Fast is better than free").
-
-    u ~ U(-ε, ε); the gradient is taken at x + u as it is (not clipped to
-    [0, 1]); δ = clip(u + α·sign(∇), -ε, ε); train on clip(x + δ, 0, 1):
-    Wong et al.'s `MNIST/train_mnist.py` step for step. The paper uses
-    α = 1.2ε; Wong et al. 1.25ε.
+    Example:
+        >>> get_perturbation("rfgsm", 0.3, alpha=0.375).alpha
+        0.375
     """
-
-    name = "rfgsm"
-
-    def __init__(self, epsilon: float, alpha: float | None = None):
-        super().__init__(epsilon)
-        self.alpha = 1.2 * self.epsilon if alpha is None else check_positive("alpha", alpha)
-
-    def __call__(self, model_fn, x, y):
-        start = _uniform(x, self.epsilon)
-        step = self.alpha * _signed_gradient(model_fn, x + start, y)
-        delta = tf.clip_by_value(start + step, -self.epsilon, self.epsilon)
-        return tf.clip_by_value(x + delta, 0.0, 1.0)
-
-
-class NFGSM(Perturbation):
-    """Noisy FGSM, Algorithm 1 of Schwinn et al.
-
-    x_n = clip(x + U(-kε, kε), 0, 1) with k = `noise_multiplier`;
-    r = ε·sign(Σ_l ∇ L(F(x_n))) over `eot_samples` draws of the model's own
-    noise; train on clip(x_n + r, 0, 1). There is no projection back to the
-    ε-ball: the noise is part of the training distribution. Both clips keep the
-    model (and its gradient) on valid images, as every test-time input is;
-    they follow de Jorge et al.'s N-FGSM code (`train.py`), which clamps the
-    noisy point before taking the gradient. k = 2 gives their N-FGSM.
-    """
-
-    name = "nfgsm"
-
-    def __init__(self, epsilon: float, eot_samples: int = 1, noise_multiplier: float = 1.0):
-        super().__init__(epsilon)
-        self.eot_samples = check_count("eot_samples", eot_samples)
-        self.noise_multiplier = check_positive("noise_multiplier", noise_multiplier)
-
-    def __call__(self, model_fn, x, y):
-        noisy = tf.clip_by_value(x + _uniform(x, self.noise_multiplier * self.epsilon), 0.0, 1.0)
-        step = self.epsilon * _signed_gradient(model_fn, noisy, y, self.eot_samples)
-        return tf.clip_by_value(noisy + step, 0.0, 1.0)
-
-
-class PGD(Perturbation):
-    """k-step L∞ PGD with a random start (Madry et al.): the expensive baseline.
-
-    The default step is the attacks' (2ε/steps), so training and evaluation
-    mean the same thing by "PGD-k". With `early_stop`, a step moves only the
-    images the model still classifies right, as Wong et al.'s MNIST PGD
-    training does (`MNIST/train_mnist.py`): early in training almost every
-    image is already wrong, and the full attack keeps the model at chance.
-    """
-
-    name = "pgd"
-
-    def __init__(self, epsilon: float, steps: int = 7, step_size: float | None = None, early_stop: bool = False):
-        super().__init__(epsilon)
-        self.steps = check_count("steps", steps)
-        self.step_size = (default_step_size(self.epsilon, self.steps) if step_size is None
-                          else check_positive("step_size", step_size))
-        self.early_stop = bool(early_stop)
-
-    def __call__(self, model_fn, x, y):
-        adv = tf.clip_by_value(x + _uniform(x, self.epsilon), 0.0, 1.0)
-        for _ in range(self.steps):  # a few steps, unrolled into the graph at trace time
-            grad, right = _gradient_and_hits(model_fn, adv, y)
-            step = self.step_size * tf.sign(grad)
-            if self.early_stop:
-                step *= per_image(tf.cast(right, step.dtype), x)
-            adv = tf.clip_by_value(tf.clip_by_value(adv + step, x - self.epsilon, x + self.epsilon), 0.0, 1.0)
-        return adv
-
-
-def _gradient_and_hits(model_fn, x, y):
-    """∇x of the summed cross-entropy, and which images the model classifies right, from one forward pass."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        logits = model_fn(x)
-        loss = cross_entropy_sum(y, logits)
-    right = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(tf.reshape(y, [-1]), tf.int32))
-    return tf.stop_gradient(tape.gradient(loss, x)), right
-
-
-METHODS = {cls.name: cls for cls in (Clean, FGSM, RFGSM, NFGSM, PGD)}
-
-
-def get_perturbation(method: str, epsilon: float, **options) -> Perturbation:
-    """The training perturbation named `method`, with its options validated."""
-    check_choice("training method", method, METHODS)
-    try:
-        return METHODS[method](epsilon, **options)
-    except TypeError as err:
-        raise ValueError(f"Bad option for method {method!r}: {err}") from None
+    return build(method, epsilon, **options)
 
 
 def _check_input_range(x):
@@ -168,34 +46,67 @@ def _is_array(x) -> bool:
 
 
 class AdversarialModel(keras.Model):
-    """A functional Keras model that trains on adversarially perturbed inputs.
+    """A functional Keras model that trains with a registered training method (`keras_pnil.methods`).
 
     Build it like any functional model, `AdversarialModel(inputs, outputs,
     method="nfgsm", epsilon=8/255)`, or wrap an existing model with
-    `adversarial(model, ...)`. The model must output logits. Validation
-    reports the loss and metrics under the training perturbation (`val_loss`
-    is the adversarial validation loss) and `val_clean_loss` /
-    `val_clean_accuracy` on the unperturbed inputs. `save` writes a plain
-    functional model, loadable without this class.
+    `adversarial(model, ...)`. The model must output logits. Keras' own step
+    trains on the method's batch (the perturbed images; the clean ones for
+    TRADES), and the method's extra loss terms are added to Keras' loss and
+    logged under their names (`gradalign`, `elle`, `trades_kl`). Validation
+    reports the same objective (`val_loss` is the loss on the method's batch
+    plus its terms, i.e. the adversarial validation loss) and
+    `val_clean_loss` / `val_clean_accuracy` on the unperturbed inputs. `save`
+    writes a plain functional model, loadable without this class.
+
+    Example:
+        >>> trainer = kp.AdversarialModel(inputs, outputs, method="gradalign", epsilon=0.3)  # doctest: +SKIP
     """
 
     def __init__(self, *args, method: str = "nfgsm", epsilon: float = 8 / 255,
-                 perturbation: Perturbation | None = None, method_options: dict | None = None, **kwargs):
+                 perturbation: Method | None = None, method_options: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.perturbation = perturbation or get_perturbation(method, epsilon, **(method_options or {}))
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
         self.clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
+        self.penalty_trackers = [keras.metrics.Mean(name=name) for name in self.perturbation.penalties]
+        self._pending = None  # (clean images, the method's batch) while Keras' step runs: for `compute_loss`
 
-    def _perturb(self, x, y):
+    def _model_fn(self, inputs):
+        # Training mode, as in Wong et al.: the gradients are the (noisy, batch-normalised) network's that is trained.
+        return self(inputs, training=True)
+
+    def _prepare(self, x, y) -> Batch:
         _check_input_range(x)
-        # Training mode for the attack, as in Wong et al.: the gradient is taken
-        # through the same (noisy, batch-normalised) network that is trained.
-        x_adv = self.perturbation(lambda inputs: self(inputs, training=True), x, y)
-        return tf.stop_gradient(x_adv)
+        batch = self.perturbation.prepare(self._model_fn, x, y)
+        context = None if batch.context is None else tf.nest.map_structure(tf.stop_gradient, batch.context)
+        return Batch(tf.stop_gradient(batch.inputs), context)
+
+    def _keras_step(self, step, x, y, sample_weight):
+        """Keras' own `step` on the method's batch, with the method's terms pending for `compute_loss`."""
+        batch = self._prepare(x, y)
+        self._pending = (x, batch)
+        try:
+            return step((batch.inputs, y, sample_weight))
+        finally:
+            self._pending = None
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss on the method's batch, plus the method's extra terms (each logged under its name)."""
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        if self._pending is None:  # Keras building the model, or a method without terms
+            return loss
+        clean, batch = self._pending
+        terms = self.perturbation.penalty(self._model_fn, clean, batch, y, y_pred)
+        for tracker in self.penalty_trackers:
+            term = terms[tracker.name]
+            tracker.update_state(term.value)
+            loss += tf.cast(replica_share(term.weight * term.value), loss.dtype)
+        return loss
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        logs = super().train_step((self._perturb(x, y), y, sample_weight))
+        logs = self._keras_step(super().train_step, x, y, sample_weight)
         return self._reducible({k: v for k, v in logs.items() if not k.startswith("clean_")})
 
     def test_step(self, data):
@@ -204,7 +115,7 @@ class AdversarialModel(keras.Model):
         self.clean_loss_tracker.update_state(
             keras.losses.sparse_categorical_crossentropy(y, clean_logits, from_logits=True))
         self.clean_accuracy.update_state(y, clean_logits)
-        return self._reducible(super().test_step((self._perturb(x, y), y, sample_weight)))
+        return self._reducible(self._keras_step(super().test_step, x, y, sample_weight))
 
     def _multi_worker(self) -> bool:
         return isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -253,10 +164,18 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
 
     Args:
         model: A built functional or `Sequential` model that outputs logits.
-        method: "clean", "fgsm", "rfgsm", "nfgsm" or "pgd".
+        method: A registered training method: "clean", "fgsm", "rfgsm", "nfgsm", "pgd", "gradalign", "elle",
+            "trades" (see `keras_pnil.methods.METHODS`).
         epsilon: L∞ radius for pixels in [0, 1].
-        **options: The method's options: `alpha` (rfgsm), `eot_samples` and
-            `noise_multiplier` (nfgsm), `steps` and `step_size` (pgd).
+        **options: The method's constructor keywords: `alpha` (rfgsm), `eot_samples` and
+            `noise_multiplier` (nfgsm), `steps`, `step_size` and `early_stop` (pgd), `lam` (gradalign,
+            elle), `beta`, `steps` and `step_size` (trades).
+
+    Example:
+        >>> trainer = kp.adversarial(model, "trades", 0.3, beta=1.0, steps=10)  # doctest: +SKIP
+        >>> trainer.compile(keras.optimizers.Adam(1e-3),
+        ...                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # doctest: +SKIP
+        >>> trainer.fit(x_train, y_train, epochs=10)  # doctest: +SKIP
     """
     try:
         inputs, outputs = model.inputs, model.outputs

@@ -23,7 +23,7 @@ CASES = [
     ("train", ["--base-lr", "0"], 2, "argument --base-lr: must be a positive number; got 0"),
     ("train", ["--eot-samples", "0"], 2, "argument --eot-samples: must be an integer >= 1; got 0"),
     ("train", ["--dataset", "svhn"], 2, "argument --dataset: invalid choice: 'svhn'"),
-    ("train", ["--method", "trades"], 2, "argument --method: invalid choice: 'trades'"),
+    ("train", ["--method", "madry"], 2, "argument --method: invalid choice: 'madry'"),
     ("train", ["--data-dir", "{tmp}/nowhere"], 1, "error: Data directory"),
     ("train", ["--data-dir", "{tmp}/truncated"], 1, "truncated"),
     ("train", ["--config", "{tmp}/missing.json"], 1, "error: cannot read config"),

@@ -24,7 +24,7 @@ from keras_pnil.layers import DEFAULT_BIAS, find_pnil
     ({"base_lr": 0.0}, "base_lr must be a positive number"),
     ({"base_lr": 1e-2, "max_lr": 1e-3}, "max_lr must be >= base_lr"),
     ({"dataset": "svhn"}, "Unknown data set 'svhn'"),
-    ({"method": "trades"}, "Unknown training method 'trades'"),
+    ({"method": "madry"}, "Unknown training method 'madry'"),
     ({"learning_rate": 0.1}, r"Unknown training option\(s\) \['learning_rate'\]"),
     ({"method": "nfgsm", "eot_samples": 0}, "eot_samples must be an integer >= 1; got 0"),
     ({"pnil_bias": -30}, r"pnil_bias \(the PNIL's initial B, a log-variance\) must be a number in \[-20.0, 4.0\]"),

@@ -145,7 +145,7 @@ def test_nfgsm_is_more_robust_than_its_clean_trained_control_on_mnist(trained_pa
 def _hand_case(monkeypatch, method, **options):
     """x = (0, 0.5), fixed noise u = (-0.2, 0.1), ε = 0.3, and a model whose loss gradient is
     (+, -) at x + u but (0, -) once x + u is clipped to [0, 1]: logits (-z0² - z1, 0), label 1."""
-    monkeypatch.setattr("keras_pnil.training._uniform", lambda x, radius: tf.constant([[-0.2, 0.1]]) * radius / 0.3)
+    monkeypatch.setattr("keras_pnil.methods.base.uniform", lambda x, radius: tf.constant([[-0.2, 0.1]]) * radius / 0.3)
     model_fn = lambda z: tf.stack([-z[:, 0] ** 2 - z[:, 1], tf.zeros_like(z[:, 0])], axis=1)  # noqa: E731
     return get_perturbation(method, 0.3, **options)(model_fn, tf.constant([[0.0, 0.5]]), tf.constant([1])).numpy()
 
@@ -166,7 +166,7 @@ def test_nfgsm_takes_its_gradient_at_the_clipped_noisy_point(monkeypatch):
 def test_pgd_early_stop_moves_only_images_still_classified_right(monkeypatch, early_stop, expected):
     # Class 0 iff z0 > 0.5; both labels 0; no random start. The first image is right throughout its three
     # steps of 0.1 (0.9 → 0.6); the second is wrong from the start: Wong et al.'s PGD training leaves it.
-    monkeypatch.setattr("keras_pnil.training._uniform", lambda x, radius: tf.zeros_like(x))
+    monkeypatch.setattr("keras_pnil.methods.base.uniform", lambda x, radius: tf.zeros_like(x))
     model_fn = lambda z: tf.stack([10 * z[:, 0] - 5, tf.zeros_like(z[:, 0])], axis=1)  # noqa: E731
     pgd = get_perturbation("pgd", 0.3, steps=3, step_size=0.1, early_stop=early_stop)
     adv = pgd(model_fn, tf.constant([[0.9, 0.5], [0.1, 0.5]]), tf.constant([0, 0])).numpy()
@@ -219,7 +219,7 @@ def test_rfgsm_projects_its_step_back_to_the_ball(monkeypatch):
 
 def test_pgd_training_stays_in_the_ball_on_a_hand_computed_case(monkeypatch):
     # No random start; the signed gradient is (+1, -1) everywhere: 4 steps of 0.1 end at x ± ε, not x ± 0.4.
-    monkeypatch.setattr("keras_pnil.training._uniform", lambda x, radius: tf.zeros_like(x))
+    monkeypatch.setattr("keras_pnil.methods.base.uniform", lambda x, radius: tf.zeros_like(x))
     pgd = get_perturbation("pgd", 0.25, steps=4, step_size=0.1)
     adv = pgd(_linear_fn([1.0, -1.0]), tf.constant([[0.5, 0.5]]), tf.constant([1])).numpy()
     np.testing.assert_allclose(adv, [[0.75, 0.25]], atol=1e-6)

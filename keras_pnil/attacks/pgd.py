@@ -1,17 +1,22 @@
-"""Projected gradient descent (Madry et al.), L∞, untargeted, with EOT and random restarts."""
+"""Projected gradient descent (Madry et al.), L∞, untargeted, with EOT and random restarts.
+
+`signed_ascent` is PGD's loop, shared by this attack, PGD training and TRADES's
+KL attack (`keras_pnil.methods`): one implementation of "PGD-k".
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
-from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
-from cleverhans.tf2.utils import clip_eta
 
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
     batch_signature,
     check_attack_args,
     compiled,
+    per_image,
     project,
     run_batched,
     true_class_scores,
@@ -30,19 +35,46 @@ def default_step_size(epsilon: float, steps: int) -> float:
     return min(STEP_RATIO * epsilon / steps, epsilon)
 
 
+def loss_gradient(model_fn, loss_fn, y) -> Callable:
+    """`adv -> (∇adv of the summed loss_fn(y, model_fn(adv)), which images model_fn classifies right)`,
+    from one forward pass: the `gradient` of `signed_ascent`."""
+    def gradient(adv):
+        with tf.GradientTape() as tape:
+            tape.watch(adv)
+            scores = model_fn(adv)
+            loss = tf.reduce_sum(loss_fn(y, scores))
+        right = tf.equal(tf.argmax(scores, -1, output_type=tf.int32), tf.cast(tf.reshape(y, [-1]), tf.int32))
+        return tf.stop_gradient(tape.gradient(loss, adv)), right
+
+    return gradient
+
+
+def signed_ascent(gradient: Callable, x, start, epsilon: float, steps: int, step_size: float, *,
+                  early_stop: bool = False):
+    """PGD's loop: `steps` steps of `step_size`·sign(∇) from `start`, each projected to the ε-ball around `x`
+    and to [0, 1].
+
+    `gradient(adv)` returns the loss gradient at `adv` and which images the model still classifies right
+    (see `loss_gradient`). With `early_stop`, a step moves only those images (Wong et al.'s MNIST PGD training).
+    """
+    adv = start
+    for _ in tf.range(steps):  # a tensor range: one tf.while_loop in a graph, not `steps` copies
+        grad, right = gradient(adv)
+        step = step_size * tf.sign(grad)
+        if early_stop:
+            step *= per_image(tf.cast(right, step.dtype), x)
+        adv = project(adv + step, x, epsilon)
+    return adv
+
+
 def _pgd_graph(model_fn: EOT, epsilon: float, steps: int, step_size: float, random_start: bool,
                rng: tf.random.Generator, signature: list):
-    # PGD is a loop of CleverHans' fast gradient method (as CleverHans builds it);
-    # the random start is drawn here from the attack's own generator, because
-    # CleverHans' `projected_gradient_descent` draws it from TensorFlow's global one.
+    # The random start is drawn from the attack's own generator, never TensorFlow's global one.
     @tf.function(input_signature=signature)
     def attack(x, y):
-        adv = project(x + rng.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon) if random_start else x
-        for _ in tf.range(steps):  # a tensor range: one tf.while_loop, not `steps` copies
-            adv = fast_gradient_method(model_fn, adv, step_size, np.inf, loss_fn=negative_log_likelihood,
-                                       clip_min=0.0, clip_max=1.0, y=y, sanity_checks=False)
-            adv = tf.clip_by_value(x + clip_eta(adv - x, np.inf, epsilon), 0.0, 1.0)
-        return adv
+        start = project(x + rng.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon) if random_start else x
+        return signed_ascent(loss_gradient(model_fn, negative_log_likelihood, y), x, start, epsilon, steps,
+                             step_size)
 
     return attack
 
