@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_pnil.pipeline import steady
 from keras_pnil.validation import check_choice, check_count, check_images, check_same_length
 
 DATA_DIR_ENV = "KERAS_PNIL_DATA_DIR"
@@ -236,7 +237,7 @@ def five_by_two_folds(
 
 def make_dataset(x, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
                  drop_remainder: bool = False):
-    """A shuffled, batched, prefetched `tf.data.Dataset` of `(x, y)`.
+    """A shuffled, batched, prefetched `tf.data.Dataset` of `(x, y)`, with autotuning off (`pipeline.steady`).
 
     The pipeline holds no Python generator, so `tf.distribute` strategies can
     split its batches across replicas.
@@ -247,7 +248,7 @@ def make_dataset(x, y, batch_size: int = 100, shuffle: bool = True, seed: int = 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return steady(ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE))
 
 
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
