@@ -8,12 +8,23 @@ warm-up so that neither tracing nor the first allocation is counted. Target: NFG
 reference. PyTorch is an optional benchmark dependency (`pip install torch==2.13.0`, the CPU wheel).
 
     KERAS_PNIL_DATA_DIR=../shared/datasets python benchmarks/pytorch_reference.py [--images 6000]
+
+`--processes N` measures what a user gets instead: N fresh processes per side, alternating, each
+building one model and timing one epoch of `--images` after a warm-up, keras-pnil through
+`AdversarialModel.fit` on arrays as the README trains. It prints every process, then the worst and
+the median NFGSM ratio against the PyTorch loop's median. Target: worst >= 0.95x, median >= 1.0x.
+`--tf-data-autotune` turns tf.data's autotuning back on (what 0.2.0 did) for the before/after.
+
+    python benchmarks/pytorch_reference.py --processes 10 --images 60000
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,8 +37,11 @@ import keras_pnil as kp  # noqa: E402
 EPSILON, ALPHA, BATCH = 0.3, 0.375, 100
 
 
-def torch_fgsm_rs(x: np.ndarray, y: np.ndarray) -> float:
-    """Images/s of the reference FGSM-RS loop in eager PyTorch (after one warm-up batch)."""
+def torch_fgsm_rs(x: np.ndarray, y: np.ndarray, shuffle: bool = False) -> float:
+    """Images/s of the reference FGSM-RS loop in eager PyTorch (after one warm-up batch).
+
+    With `shuffle`, each epoch visits the images in a fresh random order, as Wong et al.'s DataLoader does.
+    """
     import torch  # the optional benchmark dependency
     from torch import nn
 
@@ -52,9 +66,70 @@ def torch_fgsm_rs(x: np.ndarray, y: np.ndarray) -> float:
 
     step(images[:BATCH], labels[:BATCH])
     start = time.perf_counter()
+    if shuffle:
+        order = torch.randperm(len(images))
+        images, labels = images[order], labels[order]
     for i in range(0, len(images), BATCH):
         step(images[i:i + BATCH], labels[i:i + BATCH])
     return len(images) / (time.perf_counter() - start)
+
+
+def keras_user_epoch(x: np.ndarray, y: np.ndarray, autotune: bool) -> float:
+    """Images/s of one NFGSM epoch as a user trains: one model, `fit` on arrays, after a warm-up `fit`."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    trainer = kp.adversarial(kp.models.wong_mnist(seed=0), "nfgsm", EPSILON)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    inputs = (x, y)
+    if autotune:  # the owner's explicit choice, which keras-pnil leaves as it is
+        options = tf.data.Options()
+        options.autotune.enabled = True
+        inputs = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).batch(BATCH)
+                  .prefetch(tf.data.AUTOTUNE).with_options(options), None)
+    trainer.fit(x[: 5 * BATCH], y[: 5 * BATCH], batch_size=BATCH, epochs=1, verbose=0)  # traces the step
+    start = time.perf_counter()
+    trainer.fit(*inputs, batch_size=None if autotune else BATCH, epochs=1, verbose=0)
+    return len(x) / (time.perf_counter() - start)
+
+
+def one_process(side: str, images: int, autotune: bool) -> None:
+    """The child of `--processes`: prints this process's images/s."""
+    (x, y), _ = kp.data.load_dataset("mnist")
+    x, y = x[:images], y[:images]
+    rate = torch_fgsm_rs(x, y, shuffle=True) if side == "torch" else keras_user_epoch(x, y, autotune)
+    print(f"RATE {rate:.1f}")
+
+
+def fresh_processes(args) -> None:
+    """N fresh processes per side, alternating; prints each, then the worst and median ratios."""
+    rates = {"keras": [], "torch": []}
+    for i in range(args.processes):
+        for side in ("keras", "torch"):
+            command = [sys.executable, __file__, "--one", side, "--images", str(args.images)]
+            command += ["--tf-data-autotune"] if args.tf_data_autotune else []
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+            out = done.stdout
+            rates[side].append(float(next(line for line in out.splitlines() if line.startswith("RATE")).split()[1]))
+        print(f"process {i + 1}: keras-pnil NFGSM {rates['keras'][-1]:.0f} images/s, "
+              f"PyTorch FGSM-RS {rates['torch'][-1]:.0f} images/s", flush=True)
+    reference = statistics.median(rates["torch"])
+    worst, median = min(rates["keras"]) / reference, statistics.median(rates["keras"]) / reference
+    pairs = [k / t for k, t in zip(rates["keras"], rates["torch"], strict=True)]
+    print(f"Wong et al.'s MNIST net, ε = {EPSILON}, batch {BATCH}, one epoch of {args.images} images after a "
+          f"warm-up, {args.processes} fresh processes per side, tf.data autotuning "
+          f"{'on' if args.tf_data_autotune else 'off (the library default)'}")
+    print(f"keras-pnil NFGSM images/s: min {min(rates['keras']):.0f}, median {statistics.median(rates['keras']):.0f}, "
+          f"max {max(rates['keras']):.0f}")
+    print(f"PyTorch FGSM-RS images/s:  min {min(rates['torch']):.0f}, median {reference:.0f}, "
+          f"max {max(rates['torch']):.0f}")
+    print(f"ratio against the PyTorch median: worst {worst:.2f}x "
+          f"(target >= 0.95: {'met' if worst >= 0.95 else 'MISSED'}), "
+          f"median {median:.2f}x (target >= 1.0: {'met' if median >= 1.0 else 'MISSED'})")
+    print(f"ratio process by process: worst {min(pairs):.2f}x, median {statistics.median(pairs):.2f}x")
 
 
 def keras_method(x, y, method: str, jit_compile: bool, steps_per_execution: int) -> tuple[float, float]:
@@ -78,7 +153,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=0,
+                        help="measure as a user: this many fresh processes per side, one model and one epoch each")
+    parser.add_argument("--tf-data-autotune", action="store_true", help="with --processes: tf.data autotuning on")
+    parser.add_argument("--one", choices=("keras", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        return one_process(args.one, args.images, args.tf_data_autotune)
+    if args.processes:
+        return fresh_processes(args)
     (x, y), _ = kp.data.load_dataset("mnist")
     x, y = x[: args.images], y[: args.images]
     variants = [("nfgsm", False, 1), ("nfgsm", True, 1), ("nfgsm", True, 10), ("nfgsm", False, 10),

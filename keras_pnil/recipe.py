@@ -55,7 +55,7 @@ def compile_trainer(trainer: keras.Model, schedule: keras.optimizers.schedules.L
 def range_test_bounds(config: dict, train_ds) -> tuple[list, tuple[float, float]]:
     """Smith's LR range test on a fresh copy of the configured trainer: `(history, (base_lr, max_lr))`."""
     probe = build_trainer(config)
-    probe.compile(optimizer=keras.optimizers.Adam(1e-5),
+    probe.compile(optimizer=keras.optimizers.Adam(1e-5), steps_per_execution=1,  # the ramp moves every batch
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return lr_range_test(probe, train_ds, min_lr=1e-5, max_lr=1e-1)
 

@@ -108,6 +108,9 @@ def lr_range_test(model: keras.Model, dataset, min_lr: float = 1e-5, max_lr: flo
 
     Returns `(history, (base_lr, max_lr))`, history being a list of (rate, loss).
     """
+    if getattr(model, "steps_per_execution", 1) != 1:
+        raise ValueError(f"The range test sets the rate every batch, but {model.name!r} runs "
+                         f"{model.steps_per_execution} steps per call: compile it with steps_per_execution=1.")
     steps = steps_per_epoch or int(dataset.cardinality())
     if steps < 1:
         raise ValueError("The range test needs a dataset of known, non-zero length or steps_per_epoch.")

@@ -10,13 +10,16 @@ precision work unchanged.
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_pnil.methods import FGSM, METHODS, NFGSM, PGD, RFGSM, Clean, Method, build
 from keras_pnil.methods.base import Batch, replica_share
-from keras_pnil.validation import check_inputs
+from keras_pnil.pipeline import steady_fit_arguments
+from keras_pnil.validation import check_count, check_inputs
 
 Perturbation = Method  # the name before methods could add loss terms
 __all__ = ["AdversarialModel", "adversarial", "get_perturbation", "METHODS", "Perturbation", "Clean", "FGSM",
@@ -45,6 +48,10 @@ def _is_array(x) -> bool:
     return isinstance(x, (list, tuple, np.ndarray, tf.Tensor)) or hasattr(x, "__array__")
 
 
+# Train steps per call into TensorFlow unless `compile` is told otherwise (docs/benchmarks.md, issue 29).
+STEPS_PER_EXECUTION = 8
+
+
 class AdversarialModel(keras.Model):
     """A functional Keras model that trains with a registered training method (`keras_pnil.methods`).
 
@@ -70,7 +77,9 @@ class AdversarialModel(keras.Model):
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
         self.clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
         self.penalty_trackers = [keras.metrics.Mean(name=name) for name in self.perturbation.penalties]
-        self._pending = None  # (clean images, the method's batch) while Keras' step runs: for `compute_loss`
+        # (clean images, the method's batch) while Keras' step runs, for `compute_loss`; per thread, since
+        # MirroredStrategy traces each replica's step in a thread of its own.
+        self._step_state = threading.local()
 
     def _model_fn(self, inputs):
         # Training mode, as in Wong et al.: the gradients are the (noisy, batch-normalised) network's that is trained.
@@ -85,18 +94,19 @@ class AdversarialModel(keras.Model):
     def _keras_step(self, step, x, y, sample_weight):
         """Keras' own `step` on the method's batch, with the method's terms pending for `compute_loss`."""
         batch = self._prepare(x, y)
-        self._pending = (x, batch)
+        self._step_state.pending = (x, batch)
         try:
             return step((batch.inputs, y, sample_weight))
         finally:
-            self._pending = None
+            self._step_state.pending = None
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras' loss on the method's batch, plus the method's extra terms (each logged under its name)."""
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        if self._pending is None:  # Keras building the model, or a method without terms
+        pending = getattr(self._step_state, "pending", None)
+        if pending is None or not self.penalty_trackers:  # Keras building the model, or a method without terms
             return loss
-        clean, batch = self._pending
+        clean, batch = pending
         terms = self.perturbation.penalty(self._model_fn, clean, batch, y, y_pred)
         for tracker in self.penalty_trackers:
             term = terms[tracker.name]
@@ -135,12 +145,31 @@ class AdversarialModel(keras.Model):
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=(np.zeros(shape, np.float32), np.zeros((1,), np.int64)))
 
+    def compile(self, *args, steps_per_execution: int | None = None, **kwargs):
+        """Keras' `compile`, running `STEPS_PER_EXECUTION` (8) train steps a call into TensorFlow by default.
+
+        A small network's step is a few milliseconds, and Keras' per-call
+        Python work (about 2 ms here) would otherwise be a fifth of it.
+        Batch-level callbacks then see every 8th batch, as Keras documents
+        for `steps_per_execution`; pass `steps_per_execution=1` for every batch.
+
+        Example:
+            >>> trainer.compile(optimizer="adam", loss=loss)  # doctest: +SKIP
+            >>> trainer.steps_per_execution  # doctest: +SKIP
+            8
+        """
+        steps = STEPS_PER_EXECUTION if steps_per_execution is None else check_count(
+            "steps_per_execution", steps_per_execution)
+        return super().compile(*args, steps_per_execution=steps, **kwargs)
+
     def fit(self, x=None, y=None, *args, **kwargs):
         """Keras' `fit`, after checking array (or tensor) images and labels against the model.
 
         Training data given as arrays or tensors, and `validation_data` given
         as a tuple of them, go through `keras_pnil.inputs.check_inputs` before
         Keras starts (a dataset or generator is left to the compiled range check).
+        Arrays and datasets are then made steady (`keras_pnil.pipeline`: tf.data's
+        autotuning off, which otherwise halves the speed of some epochs on a CPU).
         """
         if _is_array(x):
             x, y = check_inputs(self, x, y, what="training images")
@@ -148,7 +177,7 @@ class AdversarialModel(keras.Model):
         if isinstance(validation, (list, tuple)) and len(validation) in (2, 3) and _is_array(validation[0]):
             checked = check_inputs(self, validation[0], validation[1], what="validation images")
             kwargs["validation_data"] = (*checked, *validation[2:])
-        return super().fit(x, y, *args, **kwargs)
+        return super().fit(**steady_fit_arguments(self, x, y, *args, **kwargs))
 
     def plain_model(self) -> keras.Model:
         """The same layers and weights as a plain `keras.Model`, without training code."""

@@ -22,7 +22,7 @@ def test_range_test_suggests_the_rate_before_the_loss_rises(mnist):
     (x, y), _ = mnist
     keras.utils.set_random_seed(0)
     trainer = kp.adversarial(kp.models.small_cnn(seed=0, filters=(4, 8), dense_units=32), "nfgsm", 0.1)
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-5),
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-5), steps_per_execution=1,
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history, (low, high) = kp.schedules.lr_range_test(trainer, kp.data.make_dataset(x[:2000], y[:2000]))
     assert len(history) == 20 and history[-1][0] > history[0][0] and 1e-5 <= low < high <= 1.0001e-1
