@@ -19,7 +19,8 @@ from keras_pnil.attacks.registry import ATTACKS
 from keras_pnil.data import DATASETS, DatasetError, load_npz
 from keras_pnil.files import check_writable, exclusive, read_json
 from keras_pnil.inputs import check_attack_names
-from keras_pnil.methods import METHODS, Option, all_options, count, optional_positive, positive
+from keras_pnil.methods import METHODS, Option, all_options
+from keras_pnil.methods import registry as method_registry
 from keras_pnil.models import ARCHITECTURES
 from keras_pnil.plan import PRESETS, PlanRequest
 from keras_pnil.validation import parse_epsilon
@@ -184,7 +185,8 @@ def _add_option_flag(parser, option: Option) -> None:
     if option.is_switch:
         parser.add_argument(option.flag, action="store_true", help=option.help)
         return
-    known = {count: COUNT, positive: POSITIVE, optional_positive: POSITIVE}
+    known = {method_registry.count: COUNT, method_registry.positive: POSITIVE,
+             method_registry.optional_positive: POSITIVE}
     parser.add_argument(option.flag, type=known.get(option.check) or _flag_type(option.parse, option.key),
                         help=option.help)
 

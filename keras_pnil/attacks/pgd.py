@@ -50,15 +50,17 @@ def loss_gradient(model_fn, loss_fn, y) -> Callable:
 
 
 def signed_ascent(gradient: Callable, x, start, epsilon: float, steps: int, step_size: float, *,
-                  early_stop: bool = False):
+                  early_stop: bool = False, unroll: bool = False):
     """PGD's loop: `steps` steps of `step_size`·sign(∇) from `start`, each projected to the ε-ball around `x`
     and to [0, 1].
 
     `gradient(adv)` returns the loss gradient at `adv` and which images the model still classifies right
     (see `loss_gradient`). With `early_stop`, a step moves only those images (Wong et al.'s MNIST PGD training).
+    In a graph the loop is one tf.while_loop, or with `unroll` `steps` copies: training's few steps call the
+    model in training mode, whose state updates (batch-norm statistics, noise seeds) stay out of a while loop.
     """
     adv = start
-    for _ in tf.range(steps):  # a tensor range: one tf.while_loop in a graph, not `steps` copies
+    for _ in range(steps) if unroll else tf.range(steps):
         grad, right = gradient(adv)
         step = step_size * tf.sign(grad)
         if early_stop:

@@ -37,7 +37,7 @@ class PGD(base.Method):
     def __call__(self, model_fn, x, y):
         start = tf.clip_by_value(x + base.uniform(x, self.epsilon), 0.0, 1.0)
         return signed_ascent(loss_gradient(model_fn, cross_entropy_sum, y), x, start, self.epsilon, self.steps,
-                             self.step_size, early_stop=self.early_stop)
+                             self.step_size, early_stop=self.early_stop, unroll=True)
 
 
 register(MethodSpec(

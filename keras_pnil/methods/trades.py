@@ -82,7 +82,7 @@ class TRADES(base.Method):
         """x′: PGD on KL(f(x) ‖ f(x′)) from x + 0.001·N(0, 1)."""
         start = x + base.gaussian(x, START_SCALE)
         return tf.stop_gradient(signed_ascent(kl_gradient(model_fn, model_fn(x)), x, start, self.epsilon,
-                                              self.steps, self.step_size))
+                                              self.steps, self.step_size, unroll=True))
 
     def prepare(self, model_fn, x, y) -> base.Batch:
         return base.Batch(x, context=self.adversary(model_fn, x))
