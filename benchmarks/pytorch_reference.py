@@ -13,7 +13,7 @@ reference. PyTorch is an optional benchmark dependency (`pip install torch==2.13
 building one model and timing one epoch of `--images` after a warm-up, keras-pnil through
 `AdversarialModel.fit` on arrays as the README trains. It prints every process, then the worst and
 the median NFGSM ratio against the PyTorch loop's median. Target: worst >= 0.95x, median >= 1.0x.
-`--tf-data-autotune` turns tf.data's autotuning back on (what 0.2.0 did) for the before/after.
+`--tf-data-autotune --steps-per-execution 1` is what 0.2.0 did, for the before/after.
 
     python benchmarks/pytorch_reference.py --processes 10 --images 60000
 """
@@ -74,13 +74,13 @@ def torch_fgsm_rs(x: np.ndarray, y: np.ndarray, shuffle: bool = False) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def keras_user_epoch(x: np.ndarray, y: np.ndarray, autotune: bool) -> float:
+def keras_user_epoch(x: np.ndarray, y: np.ndarray, autotune: bool, steps_per_execution: int | None) -> float:
     """Images/s of one NFGSM epoch as a user trains: one model, `fit` on arrays, after a warm-up `fit`."""
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
     trainer = kp.adversarial(kp.models.wong_mnist(seed=0), "nfgsm", EPSILON)
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-3),
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=steps_per_execution,
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     inputs = (x, y)
     if autotune:  # the owner's explicit choice, which keras-pnil leaves as it is
@@ -94,11 +94,14 @@ def keras_user_epoch(x: np.ndarray, y: np.ndarray, autotune: bool) -> float:
     return len(x) / (time.perf_counter() - start)
 
 
-def one_process(side: str, images: int, autotune: bool) -> None:
+def one_process(side: str, images: int, autotune: bool, steps_per_execution: int | None) -> None:
     """The child of `--processes`: prints this process's images/s."""
     (x, y), _ = kp.data.load_dataset("mnist")
     x, y = x[:images], y[:images]
-    rate = torch_fgsm_rs(x, y, shuffle=True) if side == "torch" else keras_user_epoch(x, y, autotune)
+    if side == "torch":
+        rate = torch_fgsm_rs(x, y, shuffle=True)
+    else:
+        rate = keras_user_epoch(x, y, autotune, steps_per_execution)
     print(f"RATE {rate:.1f}")
 
 
@@ -109,6 +112,7 @@ def fresh_processes(args) -> None:
         for side in ("keras", "torch"):
             command = [sys.executable, __file__, "--one", side, "--images", str(args.images)]
             command += ["--tf-data-autotune"] if args.tf_data_autotune else []
+            command += ["--steps-per-execution", str(args.steps_per_execution)] if args.steps_per_execution else []
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
@@ -121,7 +125,8 @@ def fresh_processes(args) -> None:
     pairs = [k / t for k, t in zip(rates["keras"], rates["torch"], strict=True)]
     print(f"Wong et al.'s MNIST net, ε = {EPSILON}, batch {BATCH}, one epoch of {args.images} images after a "
           f"warm-up, {args.processes} fresh processes per side, tf.data autotuning "
-          f"{'on' if args.tf_data_autotune else 'off (the library default)'}")
+          f"{'on' if args.tf_data_autotune else 'off (the library default)'}, steps per execution "
+          f"{args.steps_per_execution or f'{kp.training.STEPS_PER_EXECUTION} (the library default)'}")
     print(f"keras-pnil NFGSM images/s: min {min(rates['keras']):.0f}, median {statistics.median(rates['keras']):.0f}, "
           f"max {max(rates['keras']):.0f}")
     print(f"PyTorch FGSM-RS images/s:  min {min(rates['torch']):.0f}, median {reference:.0f}, "
@@ -156,10 +161,11 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=0,
                         help="measure as a user: this many fresh processes per side, one model and one epoch each")
     parser.add_argument("--tf-data-autotune", action="store_true", help="with --processes: tf.data autotuning on")
+    parser.add_argument("--steps-per-execution", type=int, help="with --processes: compile's value (default: ours)")
     parser.add_argument("--one", choices=("keras", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        return one_process(args.one, args.images, args.tf_data_autotune)
+        return one_process(args.one, args.images, args.tf_data_autotune, args.steps_per_execution)
     if args.processes:
         return fresh_processes(args)
     (x, y), _ = kp.data.load_dataset("mnist")
