@@ -1,4 +1,5 @@
-"""The paper's networks (a small CNN for (Fashion-)MNIST, ResNet11 for CIFAR-10) and Wong et al.'s MNIST net.
+"""The paper's networks (a small CNN for (Fashion-)MNIST, ResNet11 for CIFAR-10), Wong et al.'s MNIST net, and
+the CIFAR-10 networks of the one-step literature: PreActResNet-18 and the TRADES / RobustBench Wide ResNets.
 
 All output logits and take `pnil=True` to put a PixelwiseNoiseInjection first (or `pnil={...}`, the layer's
 constructor arguments, e.g. `{"bias_initializer": keras.initializers.Constant(-3.0)}`).
@@ -106,7 +107,140 @@ def resnet11(
     return keras.Model(inputs, outputs, name="resnet11_pnil" if _has_pnil(pnil) else "resnet11")
 
 
-ARCHITECTURES = {"small_cnn": small_cnn, "resnet11": resnet11, "wong_mnist": wong_mnist}
+# PyTorch's BatchNorm2d defaults, which every CIFAR-10 reference trains with (Keras': momentum 0.99, epsilon 1e-3).
+_TORCH_BN = {"momentum": 0.9, "epsilon": 1e-5}
+# PyTorch's default for convolution and linear weights (kaiming_uniform with a = √5): U(±1/√fan_in).
+_TORCH_DEFAULT_INIT = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+# TRADES' Wide ResNet initialises its convolutions N(0, 2 / (k² · out_channels)).
+_HE_FAN_OUT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def _bn_relu(x, name: str):
+    x = layers.BatchNormalization(**_TORCH_BN, name=name)(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _conv(x, width: int, kernel: int, stride: int, name: str, initializer):
+    """A bias-free convolution padded as PyTorch's `padding=kernel // 2`, evenly on both sides.
+
+    Keras' "same" pads a strided 3×3 convolution of an even-sized image only after it, which shifts
+    every window by a pixel against the PyTorch references (and their trained weights).
+    """
+    if stride > 1 and kernel > 1:
+        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+    padding = "valid" if stride > 1 or kernel == 1 else "same"
+    return layers.Conv2D(width, kernel, strides=stride, padding=padding, use_bias=False,
+                         kernel_initializer=initializer, name=name)(x)
+
+
+def _classifier(x, num_classes: int, bias_initializer="zeros"):
+    """The final BN-ReLU, global average pooling (PyTorch's `avg_pool2d` over the whole map) and the logits."""
+    x = _bn_relu(x, "bn")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return layers.Dense(num_classes, kernel_initializer=_TORCH_DEFAULT_INIT, bias_initializer=bias_initializer,
+                        name="logits")(x)
+
+
+def _preact_block(x, width: int, stride: int, name: str):
+    """Wong et al.'s `PreActBlock`: BN-ReLU-conv twice; the shortcut (a 1×1 conv when the shape changes) takes the
+    block's raw input."""
+    out = _bn_relu(x, f"{name}_bn1")
+    shortcut = x
+    if stride != 1 or x.shape[-1] != width:
+        shortcut = _conv(x, width, 1, stride, f"{name}_shortcut", _TORCH_DEFAULT_INIT)
+    out = _conv(out, width, 3, stride, f"{name}_conv1", _TORCH_DEFAULT_INIT)
+    out = _conv(_bn_relu(out, f"{name}_bn2"), width, 3, 1, f"{name}_conv2", _TORCH_DEFAULT_INIT)
+    return layers.Add(name=f"{name}_add")([out, shortcut])
+
+
+def preact_resnet18(
+    input_shape=(32, 32, 3),
+    num_classes: int = 10,
+    pnil: bool | dict = False,
+    seed: int | None = None,
+) -> keras.Model:
+    """PreActResNet-18 as Wong et al. ("Fast is better than free", `CIFAR10/preact_resnet.py`) and de Jorge et
+    al. (N-FGSM) train it on CIFAR-10.
+
+    A 3×3 conv of 64 channels; four stages of two pre-activation blocks (64, 128, 256, 512 channels, the
+    last three starting with stride 2); BN-ReLU, global average pooling, logits. Layer for layer theirs:
+    11,172,170 trainable parameters for 10 classes, BatchNorm as PyTorch's (momentum 0.1, ε = 1e-5),
+    PyTorch's default initialisers, strided convolutions padded on both sides. Their input normalisation
+    is left out: inputs are pixels in [0, 1].
+
+    Args:
+        input_shape: One image's shape, channels last.
+        num_classes: Number of logits.
+        pnil: Whether to put a `PixelwiseNoiseInjection` first (or a dict of its constructor arguments).
+        seed: The PNIL's noise seed.
+
+    Example:
+        >>> model = kp.models.preact_resnet18(pnil=True)  # doctest: +SKIP
+        >>> model(x_test[:8]).shape  # doctest: +SKIP
+        TensorShape([8, 10])
+    """
+    inputs, x = _input(input_shape, pnil, seed)
+    x = _conv(x, 64, 3, 1, "conv1", _TORCH_DEFAULT_INIT)
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            x = _preact_block(x, width, 2 if stage > 1 and block == 0 else 1, f"layer{stage}_{block}")
+    outputs = _classifier(x, num_classes, bias_initializer=_TORCH_DEFAULT_INIT)
+    return keras.Model(inputs, outputs, name="preact_resnet18_pnil" if _has_pnil(pnil) else "preact_resnet18")
+
+
+def _wide_block(x, width: int, stride: int, name: str):
+    """TRADES' `BasicBlock`: BN-ReLU-conv twice; when the width changes, the shortcut is a 1×1 conv of the
+    pre-activated input, else the raw input."""
+    act = _bn_relu(x, f"{name}_bn1")
+    shortcut = x if x.shape[-1] == width and stride == 1 else _conv(act, width, 1, stride, f"{name}_shortcut",
+                                                                     _HE_FAN_OUT)
+    out = _conv(act, width, 3, stride, f"{name}_conv1", _HE_FAN_OUT)
+    out = _conv(_bn_relu(out, f"{name}_bn2"), width, 3, 1, f"{name}_conv2", _HE_FAN_OUT)
+    return layers.Add(name=f"{name}_add")([shortcut, out])
+
+
+def wide_resnet(
+    input_shape=(32, 32, 3),
+    num_classes: int = 10,
+    pnil: bool | dict = False,
+    depth: int = 34,
+    width: int = 10,
+    seed: int | None = None,
+) -> keras.Model:
+    """The Wide ResNet WRN-`depth`-`width` of TRADES (`models/wideresnet.py`) and RobustBench, for CIFAR-10.
+
+    A 3×3 conv of 16 channels; three stages of (depth - 4) / 6 pre-activation blocks of 16·width,
+    32·width and 64·width channels (the last two starting with stride 2); BN-ReLU, global average
+    pooling, logits. No dropout (TRADES trains with none). Trainable parameters for 10 classes:
+    WRN-34-10 46,160,474 and WRN-28-10 36,479,194, as the PyTorch networks' (TRADES' file also
+    builds an unused `sub_block1` whose weights never reach the output; it is left out).
+
+    Args:
+        input_shape: One image's shape, channels last.
+        num_classes: Number of logits.
+        pnil: Whether to put a `PixelwiseNoiseInjection` first (or a dict of its constructor arguments).
+        depth: Weight layers; (depth - 4) must be a multiple of 6 (28 and 34 are the usual).
+        width: The widening factor k.
+        seed: The PNIL's noise seed.
+
+    Example:
+        >>> model = kp.models.wide_resnet(depth=28, width=10)  # doctest: +SKIP
+        >>> model.count_params()  # doctest: +SKIP
+    """
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"`depth` must be 6n + 4 for some n >= 1 (28 and 34 are the usual). Received: depth={depth}")
+    inputs, x = _input(input_shape, pnil, seed)
+    x = _conv(x, 16, 3, 1, "conv1", _HE_FAN_OUT)
+    for stage, channels in enumerate((16 * width, 32 * width, 64 * width), start=1):
+        for block in range((depth - 4) // 6):
+            x = _wide_block(x, channels, 2 if stage > 1 and block == 0 else 1, f"block{stage}_{block}")
+    outputs = _classifier(x, num_classes)
+    name = f"wrn_{depth}_{width}"
+    return keras.Model(inputs, outputs, name=f"{name}_pnil" if _has_pnil(pnil) else name)
+
+
+ARCHITECTURES = {"small_cnn": small_cnn, "resnet11": resnet11, "wong_mnist": wong_mnist,
+                 "preact_resnet18": preact_resnet18, "wide_resnet": wide_resnet}
 
 
 def default_architecture(dataset: str) -> str:
