@@ -110,7 +110,7 @@ def _reference_loss(method, model, x, y, draws, options):
         p, log_q = tf.nn.softmax(model(x)), tf.nn.log_softmax(model(adv))
         kl = tf.reduce_mean(tf.reduce_sum(p * (tf.math.log(p) - log_q), 1))
         return tf.reduce_mean(_ce(y, model(x))) + options["beta"] * kl
-    g1 = _input_gradient(model, x, y)
+    g1 = tf.stop_gradient(_input_gradient(model, x, y))  # FGSM's gradient: the authors detach it
     loss = tf.reduce_mean(_ce(y, model(tf.clip_by_value(x + eps * tf.sign(g1), 0.0, 1.0))))
     if method == "gradalign":
         g2 = _input_gradient(model, x + draws[0], y)
