@@ -23,7 +23,8 @@ from keras_pnil.methods import METHODS, Option, all_options
 from keras_pnil.methods import registry as method_registry
 from keras_pnil.models import ARCHITECTURES
 from keras_pnil.plan import PRESETS, PlanRequest
-from keras_pnil.validation import parse_epsilon
+from keras_pnil.threat import NORMS
+from keras_pnil.validation import check_bounds, check_epsilon, parse_epsilon, parse_radius
 
 # Errors a user can cause and fix: printed as one line, no traceback (unless --debug).
 USER_ERRORS = (ValueError, OSError, DatasetError, runs.RunError, reproduce.SuiteError)
@@ -240,6 +241,25 @@ def _value(text: str):
 
 
 SETTING = _flag_type(_setting, "setting")
+RADIUS = _flag_type(parse_radius, "epsilon")
+
+
+def _bounds(text: str) -> tuple[float, float]:
+    """`LO,HI` (e.g. `0,255` or `-1,1`) → (lo, hi), lo < hi."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise ValueError(f"expected LO,HI (e.g. 0,255 or -1,1); got {text!r}")
+    lo, hi = values
+    if not lo < hi:
+        raise ValueError(f"LO must be below HI (e.g. 0,255); got {text!r}")
+    return check_bounds(values)
+
+
+BOUNDS = _flag_type(_bounds, "bounds")
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -264,8 +284,15 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", metavar="FILE.json", help="start from a plan file (as --show-plan prints it)")
     p.add_argument("--attacks", type=ATTACK_NAMES, default=None,
                    help=f"comma-separated, from: {', '.join(ATTACKS)} (default: the budget's)")
-    p.add_argument("--epsilon", type=EPSILON, default=None,
-                   help="L∞ radius, e.g. 8/255 (required for model files; default for runs: the training ε)")
+    p.add_argument("--epsilon", type=RADIUS, default=None,
+                   help="the radius in the units of the model's inputs, e.g. 8/255 for L∞ on [0, 1], 0.5 for L2 "
+                        "(required for model files; default for runs: the training ε)")
+    p.add_argument("--norm", choices=list(NORMS), default="linf",
+                   help="the threat model's norm (default linf): l2 and l1 run every attack's version in that norm "
+                        "(SPSA is L∞ only; Square has no L1 version)")
+    p.add_argument("--bounds", type=BOUNDS, default=None, metavar="LO,HI",
+                   help="the range of the model's inputs, e.g. 0,255 or -1,1 (default 0,1); ε is in these units, "
+                        "and --dataset images are mapped from [0, 1] onto it")
     p.add_argument("--num-images", type=COUNT,
                    help="images to evaluate: the first N of --data, else a seeded sample (default: the budget's)")
     p.add_argument("--eot-samples", type=COUNT, help="EOT draws for random models (default: the budget's)")
@@ -309,8 +336,9 @@ def _user_images(args, request: PlanRequest) -> tuple | None:
         return x[:count], y[:count], Path(args.data).name
     if args.dataset:
         values = request.values
-        return (*targets.test_split_images(args.dataset, args.data_dir, values["num_images"], values["seed"]),
-                args.dataset)
+        x, y = targets.test_split_images(args.dataset, args.data_dir, values["num_images"], values["seed"])
+        lo, hi = args.bounds or (0.0, 1.0)
+        return x * (hi - lo) + lo, y, args.dataset  # the data set's [0, 1] pixels in the model's input range
     return None
 
 
@@ -321,7 +349,8 @@ def _jobs(args, paths, request: PlanRequest, images) -> list:
         if targets.is_model_file(path) or args.data:
             epsilon = args.epsilon or runs.check_run(path)["epsilon"]
             prepared.append(targets.file_job(targets.model_path(path), images[:2], images[2], request, epsilon,
-                                             output=args.output, name=path.stem))
+                                             output=args.output, name=path.stem, norm=args.norm,
+                                             bounds=args.bounds or (0.0, 1.0)))
         else:
             prepared.append(runs.run_job(path, request, cache, epsilon=args.epsilon, data_dir=args.data_dir))
     return prepared
@@ -345,7 +374,13 @@ def _estimate(prepared) -> float:
 
 @_command
 def evaluate_main(argv=None) -> int:
-    args = evaluate_parser().parse_args(argv)
+    parser = evaluate_parser()
+    args = parser.parse_args(argv)
+    if args.epsilon is not None:  # checked against the norm and range, which come after it on the line
+        try:
+            check_epsilon(args.epsilon, norm=args.norm, bounds=args.bounds or (0.0, 1.0))
+        except ValueError as err:
+            parser.error(f"argument --epsilon: {str(err).rstrip('.')}")
     out, paths = Path(args.out), [Path(t) for t in args.targets]
     for path in paths:
         targets.check_target(path)  # every target is usable before any is evaluated
@@ -354,6 +389,10 @@ def evaluate_main(argv=None) -> int:
         raise ValueError(f"--epsilon is required for a model file ({files[0]}): it has no training ε to default to")
     if files and not (args.data or args.dataset):
         raise ValueError(f"a model file ({files[0]}) needs images: --dataset NAME or --data FILE.npz")
+    run_dirs = [p for p in paths if p not in files and not args.data]
+    if run_dirs and (args.norm != "linf" or args.bounds):
+        raise ValueError(f"--norm and --bounds apply to model files; a training run ({run_dirs[0]}) is evaluated "
+                         "in its own threat model (L∞ on [0, 1])")
     request = _request(args, bool(files))
     targets.import_custom_objects(args.custom_objects)
     try:
@@ -383,6 +422,7 @@ def evaluate_main(argv=None) -> int:
 
 # The library's advice, in the command's words.
 FLAG_HINTS = {"choose its logits output": "choose its logits output with --output NAME",
+              "as bounds=(lo, hi)": "with --bounds LO,HI",
               "import it first": "import it first with --custom-objects FILE.py",
               "point data_dir or": "point --data-dir or", "or data_dir at": "or --data-dir at"}
 
@@ -402,6 +442,7 @@ def _write_tables(found: list, out: Path) -> list:
     models = [r for r in found if r["kind"] == "model"]
     if models:
         written += results.write_model_table(models, out).values()
+        written.append(results.write_robustbench(models, out))
     return written + list(results.write_results(found, out).values())
 
 

@@ -19,8 +19,9 @@ import numpy as np
 from keras_pnil.attacks.eot import first_notice_of_probabilities, probe
 from keras_pnil.correctness import per_example_correct
 from keras_pnil.inputs import check_attack_names, check_inputs
-from keras_pnil.masking import gradient_masking_checks
+from keras_pnil.masking import gradient_masking_checks, largest_perturbation
 from keras_pnil.plan import Plan, PlanRequest
+from keras_pnil.threat import DEFAULT_BOUNDS
 
 log = logging.getLogger("keras_pnil")
 
@@ -50,6 +51,8 @@ class RobustnessResult:
         plan: The `Plan` it ran.
         worst_case_per_image: Per common image, its accuracy under the attack that did best on it.
         checks: The gradient-masking checks (`masking.Check`), empty if they did not run.
+        largest_perturbation: Attack name → the largest norm (the plan's) of its perturbations (NaN when read
+            back from an older record); an attack above ε is an error, never a result.
     """
 
     clean: float
@@ -60,6 +63,7 @@ class RobustnessResult:
     plan: Plan
     worst_case_per_image: list = field(default_factory=list)
     checks: list = field(default_factory=list)
+    largest_perturbation: dict = field(default_factory=dict)
 
     @property
     def common_images(self) -> list[int]:
@@ -75,11 +79,12 @@ class RobustnessResult:
                 "effective": self.effective, "effective_clean": self.effective_clean,
                 "worst_case": self.worst_case, "worst_case_per_image": list(self.worst_case_per_image),
                 "checks": [asdict(c) for c in self.checks], "plan": self.plan.to_dict(),
-                "budget": self.plan.describe()}
+                "budget": self.plan.describe(), "threat_model": self.plan.threat.to_dict(),
+                "largest_perturbation": dict(self.largest_perturbation)}
 
 
-def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, budget: str = "paper",
-               plan: PlanRequest | None = None, seed: int | None = None, checks: bool = True,
+def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, norm: str = "linf", bounds=DEFAULT_BOUNDS,
+               budget: str = "paper", plan: PlanRequest | None = None, seed: int | None = None, checks: bool = True,
                progress: Callable[[str], None] | None = None, **values) -> RobustnessResult:
     """Accuracy under each attack, the effective robustness (Min) and the per-image worst case.
 
@@ -90,28 +95,32 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, budget: 
     `**{"pgd.steps": 20}`, a global such as `eot_samples=4`, or a flat key
     such as `pgd_steps=20`. Whether the model is random is judged by calling
     it twice on the same images: a random model is attacked with EOT, a
-    deterministic one without. Inputs are checked first (finite pixels in
-    [0, 1], integer labels of the model's classes, a shape it takes).
+    deterministic one without. `norm` ("linf", "l2", "l1") and `bounds` (the
+    model's input range, e.g. (0, 255)) set the threat model; ε is in the units
+    of the model's inputs. Inputs are checked first (finite pixels within
+    `bounds`, integer labels of the model's classes, a shape it takes).
     `progress` receives one line per stage (default: the `keras_pnil` logger).
 
     Example:
         >>> result = robustness(model, x_test[:500], y_test[:500], 8 / 255, attacks="pgd", budget="quick")
         >>> result.clean, result.accuracy("pgd"), result.effective, result.plan.describe()
+        >>> robustness(model, x_test[:500], y_test[:500], 0.5, "autoattack", norm="l2", budget="autoattack")
     """
     names = check_attack_names(attacks)
-    x, y = check_inputs(model, x, y)
+    x, y = check_inputs(model, x, y, bounds=bounds)
     if plan is None:
         plan = PlanRequest.from_preset(budget, names)
     request = plan.with_attacks(names).with_values(
         {**values, **({} if seed is None else {"seed": seed}), **({} if checks else {"checks.enabled": False})})
-    resolved = request.resolve(epsilon=epsilon, random=is_random(model, x, progress), num_images=len(x))
+    resolved = request.resolve(epsilon=epsilon, random=is_random(model, x, progress, bounds), num_images=len(x),
+                               norm=norm, bounds=bounds)
     return evaluate(model, x, y, resolved, progress=progress)
 
 
-def is_random(model, x, progress: Callable[[str], None] | None = None) -> bool:
+def is_random(model, x, progress: Callable[[str], None] | None = None, bounds=DEFAULT_BOUNDS) -> bool:
     """Whether `model` is random at inference, judged by two calls on the same images; said once in the log."""
     report = progress or log.info
-    behaviour = probe(model, x)
+    behaviour = probe(model, x, bounds)
     if behaviour.probabilities and first_notice_of_probabilities(model):
         report("[model] outputs probabilities (rows sum to 1), not logits: attacking their logarithms "
                "(models should output logits)")
@@ -134,20 +143,26 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
     report(f"[plan] {plan.describe()}")
     draws, random = plan.accuracy_draws, plan.random
     clean = _stage(store, "clean", lambda: per_example_correct(model, x, y, draws, random=random), report)
-    robust = {}
+    robust, largest = {}, {}
     for attack in plan.attacks:
         def run(attack=attack):
             report(f"[{attack.name}] attacking {len(attack.images)} images (EOT {attack.eot_samples}) ...")
             idx = np.asarray(attack.images, dtype=int)
             values = np.full(len(x), np.nan)
-            values[idx] = per_example_correct(model, attack.run(model, x, y, plan.epsilon), y[idx], draws,
-                                              random=random)
+            x_adv = attack.run(model, x, y, plan.threat)
+            largest[attack.name] = largest_perturbation(plan.threat, x_adv, x[idx], attack.name)  # error above ε
+            values[idx] = per_example_correct(model, x_adv, y[idx], draws, random=random)
             return values
 
         # The unperturbed image is in the ε-ball too: an attack never leaves an image better off.
         robust[attack.name] = np.minimum(_stage(store, attack.name, run, report), clean)
-        report(f"[{attack.name}] accuracy {np.nanmean(robust[attack.name]):.4f}")
+        size = _stage(store, f"{attack.name}.largest", lambda a=attack: np.array([largest.get(a.name, np.nan)]),
+                      lambda message: None)
+        largest[attack.name] = float(size[0])
+        report(f"[{attack.name}] accuracy {np.nanmean(robust[attack.name]):.4f}, largest {plan.threat.norm.title} "
+               f"perturbation {largest[attack.name]:.4g} (ε={plan.epsilon:.4g})")
     result = _result(plan, clean, robust)
+    result.largest_perturbation = largest
     if plan.checks is not None:
         result.checks = gradient_masking_checks(model, x, y, plan, clean, robust, report)
     return result

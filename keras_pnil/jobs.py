@@ -19,6 +19,7 @@ from keras_pnil import evaluation, records
 from keras_pnil.inputs import check_inputs
 from keras_pnil.layers import find_pnil
 from keras_pnil.plan import Plan, PlanRequest
+from keras_pnil.threat import DEFAULT_BOUNDS
 from keras_pnil.throughput import forward_throughput
 
 
@@ -58,16 +59,23 @@ class Job:
 
 
 def prepare(name: str, model, x, y, request: PlanRequest, epsilon: float, about: dict,
-            training: dict | None = None) -> Job:
-    """Checks the images against the model, probes it and resolves the plan: a `Job` ready to run or estimate.
+            training: dict | None = None, *, norm: str = "linf", bounds=DEFAULT_BOUNDS) -> Job:
+    """Checks the images against the model (within `bounds`), probes it and resolves the plan in the ε-ball
+    of `norm`: a `Job` ready to run or estimate.
 
     Nothing is reported yet (an estimate may come first): what probing showed is kept in `notes`.
     """
-    x, y = check_inputs(model, x, y, what=f"{about.get('dataset', 'the')} images")
+    x, y = check_inputs(model, x, y, what=f"{about.get('dataset', 'the')} images", bounds=bounds)
     notes = []
-    random = evaluation.is_random(model, x, notes.append)
-    plan = request.resolve(epsilon=epsilon, random=random, num_images=len(x), training=training)
+    random = evaluation.is_random(model, x, notes.append, bounds)
+    plan = request.resolve(epsilon=epsilon, random=random, num_images=len(x), training=training, norm=norm,
+                           bounds=bounds)
     return Job(name, model, x, y, plan, dict(about), notes)
+
+
+def _architecture(model) -> str:
+    """What the model is, as far as its file says: its class, name and parameter count."""
+    return f"{type(model).__name__} {model.name!r} ({model.count_params():,} parameters)"
 
 
 def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
@@ -80,7 +88,8 @@ def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
         report(f"== {job.name}: evaluated earlier with the same images, weights, plan and library version "
                f"(key {job.key[:12]}): read back from {path}")
         return stored["record"]
-    report(f"== {job.name}: {job.plan.num_images} images of {job.about.get('dataset')}, ε = {job.plan.epsilon:.4g}")
+    report(f"== {job.name}: {job.plan.num_images} images of {job.about.get('dataset')}, "
+           f"{job.plan.threat.describe()}")
     for note in job.notes:
         report(note)
     store = records.StageStore(Path(out) / f"{job.name}.stages", job.key)
@@ -90,7 +99,8 @@ def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
     stored = result.to_dict()
     record = {**job.about, "clean": result.clean, **{k: a.accuracy for k, a in result.attacks.items()},
               "min": result.effective, "worst_case": result.worst_case, "budget": stored["budget"],
-              "checks": stored["checks"], "result": stored}
+              "checks": stored["checks"], "architecture": job.about.get("architecture") or _architecture(job.model),
+              "result": stored}
     records.write_record(path, job.key, {"record": record})
     store.clear()  # the record holds every stage now
     layer = find_pnil(job.model)

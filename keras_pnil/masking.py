@@ -1,4 +1,6 @@
-"""Carlini et al.'s sanity checks for gradient masking, run as the evaluation plan's `checks` say."""
+"""Carlini et al.'s sanity checks for gradient masking, run as the evaluation plan's `checks` say, and
+AutoAttack's own checks: zero input gradients, NaN/inf in outputs or gradients, the largest perturbation
+an attack actually used (an error above ε)."""
 
 from __future__ import annotations
 
@@ -6,17 +8,64 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import tensorflow as tf
 
+from keras_pnil.attacks.eot import EOT
 from keras_pnil.attacks.pgd import pgd
 from keras_pnil.attacks.registry import get_attack
 from keras_pnil.attacks.square import square
 from keras_pnil.correctness import per_example_correct
+from keras_pnil.threat import ThreatModel
 
 # Absolute accuracy margins (fractions) behind the checks.
 GRADIENT_FREE_MARGIN = 0.05
 CONVERGENCE_MARGIN = 0.03
 LARGE_EPSILON_CEILING = 0.10
-LARGE_EPSILON = 0.5  # half the pixel range: any image can be turned grey
+LARGE_EPSILON = 0.5  # half the input range on every pixel (its L2/L1 norm for those norms): any image turns grey
+# A perturbation counts as above ε beyond float32 rounding of the projection.
+NORM_TOLERANCE = 1e-4
+
+
+class PerturbationError(ValueError):
+    """An attack returned images outside the threat model (beyond ε, outside the input range, or not finite)."""
+
+
+def largest_perturbation(threat: ThreatModel, x_adv, x, attack: str) -> float:
+    """The largest norm of `x_adv - x` over the images; a `PerturbationError` if it exceeds ε, if any pixel
+    leaves the input range, or if any is NaN/inf (AutoAttack's final check, made an error)."""
+    x_adv, x = np.asarray(x_adv, np.float64), np.asarray(x, np.float64)
+    if not np.isfinite(x_adv).all():
+        raise PerturbationError(f"{attack} returned {int((~np.isfinite(x_adv)).sum())} NaN/inf pixels.")
+    lo, hi = threat.bounds
+    if x_adv.size and (x_adv.min() < lo - 1e-6 * threat.width or x_adv.max() > hi + 1e-6 * threat.width):
+        raise PerturbationError(f"{attack} left the input range [{lo:g}, {hi:g}]: pixels in "
+                                f"[{x_adv.min():.6g}, {x_adv.max():.6g}].")
+    largest = float(threat.norm.numpy_distance(x_adv - x).max()) if len(x) else 0.0
+    if largest > threat.epsilon * (1 + NORM_TOLERANCE) + 1e-6 * threat.width:
+        raise PerturbationError(f"{attack} used a {threat.norm.title} perturbation of {largest:.6g}, above "
+                                f"ε={threat.epsilon:.6g}: its results are not valid for this threat model.")
+    return largest
+
+
+def gradient_health(model, x, y, eot_samples: int) -> list:
+    """Two of AutoAttack's checks on the images `x`: all-zero input gradients of the (EOT) cross-entropy
+    (a sign of masking), and NaN/inf in the outputs or those gradients."""
+    model_fn = EOT(model, eot_samples, images=x)
+    xt, labels = tf.constant(np.asarray(x, np.float32)), tf.constant(np.asarray(y, np.int32))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        raw = model_fn.draws(xt)
+        log_probs = tf.reduce_mean(tf.nn.log_softmax(raw), axis=0)
+        loss = -tf.reduce_sum(tf.gather(log_probs, labels, batch_dims=1))
+    grad = tape.gradient(loss, xt)
+    grad = np.zeros(xt.shape, np.float32) if grad is None else grad.numpy()  # None: no path from the input
+    grad = grad.reshape(len(x), -1)
+    zero = int(np.sum(np.all(grad == 0, axis=1)))
+    bad = int((~np.isfinite(raw.numpy())).sum() + (~np.isfinite(grad)).sum())
+    return [Check("zero gradients", zero / max(len(x), 1), zero > 0,
+                  f"{zero} of {len(x)} images have an all-zero input gradient (a sign of masking)"),
+            Check("NaN/inf", float(bad), bad > 0, f"{bad} NaN/inf values in the outputs and input gradients "
+                                                  f"on {len(x)} images")]
 
 
 @dataclass(frozen=True)
@@ -37,10 +86,12 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
        attack that uses gradients, AutoAttack's ensemble included) by more than
        `GRADIENT_FREE_MARGIN` on the images both saw: the gradients mislead the
        gradient attacks.
-    2. PGD at ε = 0.5 must reach near-zero accuracy; above
-       `LARGE_EPSILON_CEILING` the gradient attack is not working.
+    2. PGD (APGD-CE in L1) at a radius that reaches any image's grey version
+       (`LARGE_EPSILON` of the input range on every pixel) must reach near-zero
+       accuracy; above `LARGE_EPSILON_CEILING` the gradient attack is not working.
     3. Doubling PGD's steps and EOT draws must not lower accuracy by more than
        `CONVERGENCE_MARGIN`; otherwise the reported PGD is not converged.
+    4. `gradient_health`: zero input gradients, NaN/inf in outputs or gradients.
 
     `x`, `y` are all the evaluation images, `clean` the model's per-image
     accuracy on them; `robust` maps each attack that ran to its per-image
@@ -48,7 +99,8 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
     image counts as robust only if it is also classified right unattacked.
     """
     report = progress or (lambda message: None)
-    checks, draws, random = plan.checks, plan.accuracy_draws, plan.random
+    checks, draws, random, threat = plan.checks, plan.accuracy_draws, plan.random, plan.threat
+    ball = {"norm": threat.norm.name, "bounds": threat.bounds}
     idx = np.asarray(checks.images, dtype=int)
     xs, ys, right = x[idx], y[idx], clean[idx]
     robust, images = dict(robust), {a.name: np.asarray(a.images, dtype=int) for a in plan.attacks}
@@ -56,7 +108,7 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
         report(f"[checks] Square ({checks.square_queries} queries, EOT {checks.square_eot_samples}) on "
                f"{len(idx)} images as a gradient-free witness ...")
         x_square = square(model, xs, ys, plan.epsilon, queries=checks.square_queries,
-                          eot_samples=checks.square_eot_samples, seed=checks.seed)
+                          eot_samples=checks.square_eot_samples, seed=checks.seed, **ball)
         robust["square"] = np.full(len(x), np.nan)
         robust["square"][idx] = np.minimum(right, per_example_correct(model, x_square, ys, draws, random=random))
         images["square"] = idx
@@ -68,22 +120,30 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
         gap = float(np.mean(robust[strongest][on])) - float(np.mean(robust[name][on]))
         results.append(Check(f"{name} vs {strongest}", -gap, gap > GRADIENT_FREE_MARGIN,
                              f"{name} accuracy minus {strongest}'s on the same {len(on)} images: {-gap:+.3f}"))
-    report(f"[checks] PGD at ε = {LARGE_EPSILON} and with doubled steps/EOT on {len(idx)} images ...")
-    large = _pgd_accuracy(model, xs, ys, right, LARGE_EPSILON, checks.pgd_steps, None, checks.eot_samples, draws,
-                          random, checks.seed)
+    large_epsilon = threat.norm.cube_radius(int(np.prod(np.shape(xs)[1:])), LARGE_EPSILON * threat.width)
+    report(f"[checks] {checks.attack} at ε = {large_epsilon:.4g} and with doubled steps/EOT on {len(idx)} images ...")
+    large = _pgd_accuracy(model, xs, ys, right, large_epsilon, checks.pgd_steps, None, checks.eot_samples, draws,
+                          random, checks.seed, ball, checks.attack)
     results.append(Check("large-ε PGD", large, large > LARGE_EPSILON_CEILING,
-                         f"PGD accuracy at ε={LARGE_EPSILON} is {large:.3f} (should be near 0)"))
+                         f"{checks.attack} accuracy at {threat.norm.title} ε={large_epsilon:.4g} is {large:.3f} "
+                         "(should be near 0)"))
     if "pgd" in robust:
         reported = float(np.mean(robust["pgd"][idx]))
         doubled = _pgd_accuracy(model, xs, ys, right, plan.epsilon, 2 * checks.pgd_steps, checks.pgd_step_size,
-                                2 * checks.eot_samples if random else 1, draws, random, checks.seed)
+                                2 * checks.eot_samples if random else 1, draws, random, checks.seed, ball)
         drop = reported - doubled
         results.append(Check("PGD convergence", -drop, drop > CONVERGENCE_MARGIN,
                              f"doubling steps and EOT samples changes PGD accuracy by {-drop:+.3f}"))
-    return results
+    report(f"[checks] input gradients on {len(idx)} images (zero, NaN/inf) ...")
+    return results + gradient_health(model, xs, ys, checks.eot_samples)
 
 
-def _pgd_accuracy(model, x, y, clean, epsilon, steps, step_size, eot, draws, random, seed) -> float:
-    """PGD's accuracy on `(x, y)`, an image counting only where `clean` (its unattacked accuracy) allows."""
-    x_adv = pgd(model, x, y, epsilon, steps=steps, step_size=step_size, eot_samples=eot, seed=seed)
+def _pgd_accuracy(model, x, y, clean, epsilon, steps, step_size, eot, draws, random, seed, ball,
+                  attack: str = "pgd") -> float:
+    """PGD's (or `attack`'s) accuracy on `(x, y)`, an image counting only where `clean` (its unattacked
+    accuracy) allows."""
+    if attack == "pgd":
+        x_adv = pgd(model, x, y, epsilon, steps=steps, step_size=step_size, eot_samples=eot, seed=seed, **ball)
+    else:
+        x_adv = get_attack(attack)(model, x, y, epsilon, {"steps": steps}, eot_samples=eot, seed=seed, **ball)
     return float(np.minimum(clean, per_example_correct(model, x_adv, y, draws, random=random)).mean())

@@ -2,14 +2,16 @@
 
 A `PlanRequest` is what was asked for: a preset (`paper`, `quick`,
 `autoattack`), the attacks, and overrides (`"pgd.steps": 20`, or a suite
-file's flat `pgd_steps`). `PlanRequest.resolve` turns it, with what probing the
-model showed (random or not) and the number of images, into a `Plan`: per
+file's flat `pgd_steps`). `PlanRequest.resolve` turns it, with the threat
+model (norm, ε, input range: one `ThreatModel`), what probing the model
+showed (random or not) and the number of images, into a `Plan`: per
 attack its image indices, settings, EOT draws and seed, plus the masking
 checks'. The plan is the only source of the printed budget, the cost
 estimate, the run itself, results.csv/json and every table, so none of them
 can disagree. A plan is labelled with its reference protocol (the paper's or
 AutoAttack's) only when every field equals the reference's; otherwise the
-label names what differs.
+label names what differs (the paper's protocol is L∞; AutoAttack's budget is
+claimed only in a norm whose official composition runs here, L∞ and L2).
 
 Example:
     >>> request = PlanRequest.from_preset("quick").with_values({"pgd.steps": 10})
@@ -28,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from keras_pnil.attacks.autoattack import OFFICIAL_NORMS
 from keras_pnil.attacks.eot import DEFAULT_EOT_SAMPLES
-from keras_pnil.attacks.registry import ATTACKS, GRADIENT_COST, get_attack
+from keras_pnil.attacks.registry import ATTACKS, GRADIENT_COST, check_norm_support, get_attack
 from keras_pnil.inputs import check_attack_names
-from keras_pnil.validation import check_count, check_epsilon
+from keras_pnil.threat import DEFAULT_BOUNDS, ThreatModel, threat_model
+from keras_pnil.validation import check_count
 
 # Settings of the whole evaluation (not of one attack), with their defaults.
 GLOBALS = {"num_images": 1000, "eot_samples": DEFAULT_EOT_SAMPLES, "accuracy_draws": 10, "seed": 0}
@@ -60,6 +64,8 @@ PRESETS: dict[str, dict] = {
 # How a plan equal to a reference is labelled, and how one that differs names it.
 LABELS = {"paper": "paper protocol", "autoattack": "AutoAttack's budget"}
 REFERENCE_NAMES = {"paper": "the paper's protocol", "autoattack": "AutoAttack's budget"}
+# The norms each reference protocol is defined in: the paper's is L∞; AutoAttack's where its composition is official.
+REFERENCE_NORMS = {"paper": ("linf",), "autoattack": OFFICIAL_NORMS}
 
 
 def _check_global(name: str, value) -> Any:
@@ -175,23 +181,31 @@ class PlanRequest:
         values.update({f"checks.{k}": v for k, v in (stored.get("checks") or {}).items()})
         return request.with_values(values)
 
-    def resolve(self, *, epsilon: float, random: bool, num_images: int, training: Mapping | None = None) -> Plan:
-        """The plan for a model that is `random` or not, on `num_images` images.
+    def resolve(self, *, epsilon: float, random: bool, num_images: int, training: Mapping | None = None,
+                norm: str = "linf", bounds=DEFAULT_BOUNDS) -> Plan:
+        """The plan for a model that is `random` or not, on `num_images` images, in the ε-ball of `norm` inside
+        the input range `bounds`.
 
         Subsets are nested prefixes of one seeded permutation of the images, so
         the smallest is seen by every attack. A deterministic model gets one EOT
-        draw and one accuracy draw everywhere.
+        draw and one accuracy draw everywhere. An attack without a version in
+        `norm` is an error naming those that have one.
         """
-        epsilon = check_epsilon(epsilon)
+        threat = threat_model(norm, epsilon, bounds)
+        check_norm_support(self.attacks, threat.norm.name)
+        return self._resolve(threat, random, num_images, training)
+
+    def _resolve(self, threat: ThreatModel, random: bool, num_images: int, training: Mapping | None) -> Plan:
         n = check_count("number of images", num_images)
         seed = self.values["seed"]
         order = np.random.default_rng(seed).permutation(n)
         attacks = tuple(self._attack_plan(name, order, random, seed) for name in self.attacks)
         common = _common(attacks, n)
         draws = self.values["accuracy_draws"] if random else 1
-        checks = self._checks_plan(order, common, random, seed, attacks) if self.checks["enabled"] else None
+        checks = (self._checks_plan(order, common, random, seed, attacks, threat.norm.name)
+                  if self.checks["enabled"] else None)
         training = {k: v for k, v in (training or {}).items() if v is not None}
-        return Plan(self, epsilon, n, random, draws, seed, attacks, common, checks, training)
+        return Plan(self, threat, n, random, draws, seed, attacks, common, checks, training)
 
     def _attack_plan(self, name: str, order: np.ndarray, random: bool, seed: int) -> AttackPlan:
         spec, chosen = get_attack(name), self.settings[name]
@@ -202,7 +216,7 @@ class PlanRequest:
         return AttackPlan(name, own, tuple(np.sort(order[:min(count, len(order))]).tolist()), eot,
                           seed if chosen["seed"] is None else chosen["seed"])
 
-    def _checks_plan(self, order, common: tuple, random: bool, seed: int, attacks: tuple) -> ChecksPlan:
+    def _checks_plan(self, order, common: tuple, random: bool, seed: int, attacks: tuple, norm: str) -> ChecksPlan:
         count = min(self.checks["images"] or len(common), len(common))
         members = set(common)
         chosen = tuple(np.sort([i for i in order if i in members][:count]).tolist())
@@ -210,12 +224,15 @@ class PlanRequest:
         queries = self.checks["square_queries"] or square["queries"]
         eot = self._eot("square", random)
         pgd = self.settings["pgd"]
-        # Square witnesses against the gradient attacks: run it when it is not an attack already and some
-        # gradient attack is there to be compared with.
+        # Square witnesses against the gradient attacks: run it when it is not an attack already, some
+        # gradient attack is there to be compared with, and Square has a version in the norm.
         names = [a.name for a in attacks]
-        witness = "square" not in names and any(not get_attack(n).gradient_free for n in names)
+        witness = ("square" not in names and any(not get_attack(n).gradient_free for n in names)
+                   and norm in get_attack("square").norms)
+        # The large-ε check's gradient attack: PGD, or APGD-CE in a norm PGD has no version in (L1).
+        attack = "pgd" if norm in get_attack("pgd").norms else "apgd-ce"
         return ChecksPlan(chosen, pgd["steps"], pgd["step_size"], self._eot("pgd", random), queries, eot, seed,
-                          witness)
+                          witness, attack)
 
     def _eot(self, name: str, random: bool) -> int:
         """The EOT draws of the attack `name`: its own, else the plan's, on a random model; one otherwise."""
@@ -261,10 +278,11 @@ class AttackPlan:
         """Forward-pass equivalents of running it."""
         return len(self.images) * self.spec.cost(self.settings, self.eot_samples)
 
-    def run(self, model, x, y, epsilon: float) -> np.ndarray:
-        """The adversarial images of `x[self.images]` (x, y: all evaluation images)."""
+    def run(self, model, x, y, threat: ThreatModel) -> np.ndarray:
+        """The adversarial images of `x[self.images]` (x, y: all evaluation images) in `threat`'s ball."""
         idx = np.asarray(self.images, dtype=int)
-        return self.spec(model, x[idx], y[idx], epsilon, self.settings, eot_samples=self.eot_samples, seed=self.seed)
+        return self.spec(model, x[idx], y[idx], threat.epsilon, self.settings, eot_samples=self.eot_samples,
+                         seed=self.seed, norm=threat.norm.name, bounds=threat.bounds)
 
 
 @dataclass(frozen=True)
@@ -279,6 +297,7 @@ class ChecksPlan:
     square_eot_samples: int
     seed: int
     square_witness: bool  # Square runs here, as a gradient-free witness against the gradient attacks
+    attack: str = "pgd"  # the gradient attack of the large-ε check (APGD-CE where PGD has no version in the norm)
 
     def cost(self) -> float:
         pgd = self.pgd_steps * self.eot_samples * GRADIENT_COST * 3  # large-ε PGD, then steps and EOT doubled
@@ -290,7 +309,7 @@ class Plan:
     """An evaluation as it will run (see the module's docstring). Built by `PlanRequest.resolve`."""
 
     request: PlanRequest
-    epsilon: float
+    threat: ThreatModel  # the norm, ε (in the units of the model's inputs) and the input range
     num_images: int
     random: bool
     accuracy_draws: int
@@ -299,6 +318,10 @@ class Plan:
     common_images: tuple[int, ...]  # the images every attack ran on: where Min is taken
     checks: ChecksPlan | None
     training: Mapping[str, int] = field(default_factory=dict)  # the model's training budget, when known
+
+    @property
+    def epsilon(self) -> float:
+        return self.threat.epsilon
 
     def attack(self, name: str) -> AttackPlan:
         """The plan of the attack `name`."""
@@ -317,11 +340,13 @@ class Plan:
         expected = PRESETS[self.reference]["attacks"]
         # Attacks beyond the reference's are compared with their own reference values (AutoAttack's).
         reference = PlanRequest.from_preset(self.reference, [*expected, *(a for a in ran if a not in expected)])
-        reference = reference.resolve(epsilon=self.epsilon, random=self.random,
-                                      num_images=PRESETS[self.reference]["values"]["num_images"])
+        reference = reference._resolve(self.threat, self.random, PRESETS[self.reference]["values"]["num_images"],
+                                       None)
         ours, theirs = _fields(self), _fields(reference)
+        norms = REFERENCE_NORMS[self.reference]
+        norm = [] if self.threat.norm.name in norms else [("norm", self.threat.norm.name, " or ".join(norms))]
         missing = [(name, "not run", "run") for name in expected if name not in ran]
-        return missing + [(k, ours[k], v) for k, v in theirs.items() if k in ours and ours[k] != v]
+        return norm + missing + [(k, ours[k], v) for k, v in theirs.items() if k in ours and ours[k] != v]
 
     def label(self) -> str:
         """`paper protocol` / `AutoAttack's budget` when every field equals it; else what differs."""
@@ -336,7 +361,7 @@ class Plan:
 
     def describe(self) -> str:
         """One line naming the label, ε, images, each attack's budget, EOT draws and the training budget."""
-        parts = [f"{self.label()}: ε={self.epsilon:.4g}, {self.num_images} images"]
+        parts = [f"{self.label()}: {self.threat.describe()}, {self.num_images} images"]
         for attack in self.attacks:
             words = attack.describe()
             if len(attack.images) != self.num_images:
@@ -371,7 +396,8 @@ class Plan:
 
     def to_dict(self) -> dict:
         """The plan as JSON-ready data (its request, and every resolved number)."""
-        return {"request": self.request.to_dict(), "epsilon": self.epsilon, "num_images": self.num_images,
+        return {"request": self.request.to_dict(), "epsilon": self.epsilon, "norm": self.threat.norm.name,
+                "bounds": list(self.threat.bounds), "num_images": self.num_images,
                 "random": self.random, "accuracy_draws": self.accuracy_draws, "seed": self.seed,
                 "attacks": [asdict(a) | {"settings": dict(a.settings), "images": list(a.images)}
                             for a in self.attacks],

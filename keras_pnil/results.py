@@ -1,4 +1,5 @@
-"""The evaluate command's results: a tidy `results.csv`/`results.json` and a one-row-per-model table.
+"""The evaluate command's results: a tidy `results.csv`/`results.json`, a one-row-per-model table and
+`robustbench.json` (RobustBench's model-info form).
 
 Every number and label here is read from an evaluation's stored result (its
 `RobustnessResult.to_dict()`, which holds the resolved plan), never re-derived.
@@ -12,10 +13,13 @@ import json
 from pathlib import Path
 
 from keras_pnil.files import atomic_write_json, atomic_write_text
+from keras_pnil.records import VERSION
 
-# One row per model, data set and attack (plus clean and Min).
+# One row per model, data set and attack (plus clean and Min). Columns added later go at the end.
 RESULT_COLUMNS = ("model", "dataset", "epsilon", "attack", "accuracy", "clean_accuracy", "n_images", "eot_samples",
-                  "accuracy_draws", "budget", "label")
+                  "accuracy_draws", "budget", "label", "norm", "bounds", "largest_perturbation")
+# RobustBench's names of the threat models.
+ROBUSTBENCH_THREATS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
 def result_rows(model: str, dataset: str, result: dict) -> list[dict]:
@@ -29,13 +33,17 @@ def result_rows(model: str, dataset: str, result: dict) -> list[dict]:
         ['clean', 'pgd', 'spsa', 'min']
     """
     plan = result["plan"]
+    lo, hi = plan.get("bounds", (0.0, 1.0))
     base = {"model": model, "dataset": dataset, "epsilon": plan["epsilon"], "accuracy_draws": plan["accuracy_draws"],
-            "label": plan["label"]}
+            "label": plan["label"], "norm": plan.get("norm", "linf"), "bounds": f"{lo:g},{hi:g}",
+            "largest_perturbation": ""}
+    largest = result.get("largest_perturbation", {})
     rows = [{**base, "attack": "clean", "accuracy": result["clean"], "clean_accuracy": result["clean"],
              "n_images": plan["num_images"], "eot_samples": "", "budget": "no attack"}]
     for name, attack in result["attacks"].items():
         rows.append({**base, "attack": name, "accuracy": attack["accuracy"], "clean_accuracy": attack["clean"],
-                     "n_images": attack["n_images"], "eot_samples": attack["eot_samples"], "budget": attack["budget"]})
+                     "n_images": attack["n_images"], "eot_samples": attack["eot_samples"], "budget": attack["budget"],
+                     "largest_perturbation": largest.get(name, "")})
     names = ", ".join(result["attacks"]) or "no attack"
     rows.append({**base, "attack": "min", "accuracy": result["effective"], "clean_accuracy": result["effective_clean"],
                  "n_images": len(plan["common_images"]), "eot_samples": "",
@@ -53,7 +61,9 @@ def write_results(records, out_dir) -> dict:
     writer.writeheader()
     writer.writerows(rows)
     details = [{"model": r["run"], "dataset": r["dataset"], "checks": r["checks"], "worst_case": r["worst_case"],
-                "worst_case_per_image": r["result"]["worst_case_per_image"], "plan": r["result"]["plan"]}
+                "worst_case_per_image": r["result"]["worst_case_per_image"], "plan": r["result"]["plan"],
+                "threat_model": r["result"].get("threat_model"), "random": r["result"]["plan"]["random"],
+                "largest_perturbation": r["result"].get("largest_perturbation", {})}
                for r in records]
     paths = {"csv": out_dir / "results.csv", "json": out_dir / "results.json"}
     atomic_write_text(paths["csv"], text.getvalue())
@@ -122,3 +132,50 @@ def write_model_table(records, out_dir, name: str = "robustness") -> dict:
                 "json": json.dumps({"header": header, "rows": rows, "budgets": notes}, indent=2)}
     out_dir = Path(out_dir)
     return {ext: atomic_write_text(out_dir / f"{name}.{ext}", body) for ext, body in contents.items()}
+
+
+def _eps_text(epsilon: float, norm: str) -> str:
+    """ε as RobustBench writes it: `8/255` for an L∞ radius on that grid, else the number."""
+    steps = epsilon * 255
+    return f"{round(steps)}/255" if norm == "linf" and abs(steps - round(steps)) < 1e-6 else f"{epsilon:g}"
+
+
+def robustbench_record(record: dict) -> dict:
+    """One evaluated model in RobustBench's model-info form (`model_info/<dataset>/<threat>/<name>.json`).
+
+    `autoattack_acc` is the accuracy under the `autoattack` attack when it ran (else null, with the reason in
+    the footnote); accuracies are percentages as RobustBench writes them. RobustBench accepts only
+    deterministic models: a random one is said so in `random` and the footnote. `reported` (the accuracy a
+    paper reports) and `additional_data` are not known to an evaluation: null, for the author to fill in.
+
+    Example:
+        >>> robustbench_record(record)["threat_model"]
+        'L2'
+    """
+    result, plan = record["result"], record["result"]["plan"]
+    norm = plan.get("norm", "linf")
+    autoattack = result["attacks"].get("autoattack")
+    notes = [f"Evaluated by keras-pnil {VERSION}: {result['budget']}."]
+    if autoattack is None:
+        notes.append("AutoAttack was not run: autoattack_acc is null (Min over the attacks that ran is in "
+                     "robust_acc).")
+    if plan["random"]:
+        notes.append("RANDOM model: its outputs change between calls on the same images, so it was attacked with "
+                     "EOT (AutoAttack's rand version); RobustBench accepts only deterministic models.")
+    return {"name": record.get("method", record.get("run")), "dataset": record["dataset"],
+            "threat_model": ROBUSTBENCH_THREATS[norm], "eps": _eps_text(plan["epsilon"], norm),
+            "bounds": list(plan.get("bounds", (0.0, 1.0))),
+            "clean_acc": f"{100 * result['clean']:.2f}",
+            "autoattack_acc": None if autoattack is None else f"{100 * autoattack['accuracy']:.2f}",
+            "robust_acc": f"{100 * result['effective']:.2f}",
+            "n_examples": autoattack["n_images"] if autoattack else len(plan["common_images"]),
+            "architecture": record.get("architecture"), "additional_data": None, "reported": None,
+            "number_forward_passes": plan["accuracy_draws"],
+            "random": plan["random"], "budget": plan["label"], "footnote": " ".join(notes), "plan": plan}
+
+
+def write_robustbench(records, out_dir) -> Path:
+    """`robustbench.json`: one model's `robustbench_record`, or with several models a name → record object."""
+    entries = [robustbench_record(r) for r in records]
+    body = entries[0] if len(entries) == 1 else {e["name"]: e for e in entries}
+    return atomic_write_json(Path(out_dir) / "robustbench.json", body)

@@ -67,8 +67,9 @@ def test_split_images(dataset: str, data_dir, num_images: int, seed: int) -> tup
 
 
 def file_job(path, images: tuple, source: str, request: PlanRequest, epsilon: float, *, output=None,
-             name: str | None = None) -> jobs.Job:
-    """The evaluation job of the model in `path` on `images` = (x, y), named `source` (a data set or a file).
+             name: str | None = None, norm: str = "linf", bounds=(0.0, 1.0)) -> jobs.Job:
+    """The evaluation job of the model in `path` on `images` = (x, y), named `source` (a data set or a file),
+    in the ε-ball of `norm` inside the model's input range `bounds`.
 
     Its record goes to `<out>/<name>.json` (default name: the file's stem).
     """
@@ -84,4 +85,4 @@ def file_job(path, images: tuple, source: str, request: PlanRequest, epsilon: fl
     name = name or path.stem
     about = {"kind": "model", "dataset": source, "method": name, "pnil": find_pnil(model) is not None,
              "run": str(path), "n_train": 1, "n_test": 1, "fold": 0}
-    return jobs.prepare(name, model, x, y, request, epsilon, about)
+    return jobs.prepare(name, model, x, y, request, epsilon, about, norm=norm, bounds=bounds)

@@ -26,15 +26,52 @@ def check_positive(name: str, value) -> float:
     return float(value)
 
 
-def check_epsilon(value, name: str = "epsilon") -> float:
-    """An L∞ radius for pixels in [0, 1]: a number in (0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be a number in (0, 1) for pixels in [0, 1]; got {value!r}.")
+def check_bounds(bounds) -> tuple[float, float]:
+    """The range (lo, hi) of a model's inputs: two finite numbers with lo < hi."""
+    try:
+        lo, hi = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be two numbers (lo, hi), e.g. (0, 255); got {bounds!r}.") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= hi:
+        raise ValueError(f"bounds must be finite with lo < hi, e.g. (0, 255) or (-1, 1); got {bounds!r}.")
+    return lo, hi
+
+
+def _range(bounds) -> str:
+    return f"pixels in [{bounds[0]:g}, {bounds[1]:g}]"
+
+
+def check_epsilon(value, name: str = "epsilon", *, norm: str = "linf", bounds=(0.0, 1.0)) -> float:
+    """A radius in the units of the model's inputs: for L∞ a number in (0, hi - lo); for L2 and L1 any
+    positive finite number (an L2 radius may exceed the pixel range)."""
+    lo, hi = check_bounds(bounds)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a number; got {value!r}.")
+    if norm == "linf" and not 0.0 < value < hi - lo:
+        raise ValueError(f"{name} must be a number in (0, {hi - lo:g}) for {_range((lo, hi))} (an L∞ radius "
+                         f"below the input range); got {value!r}.")
+    if not value > 0.0:
+        raise ValueError(f"{name} must be a positive number (an {norm.upper()} radius in the units of the "
+                         f"model's inputs); got {value!r}.")
     return float(value)
 
 
+def parse_radius(text) -> float:
+    """'8/255', '0.5', '2' (or a number) → a positive float (checked against a norm by `check_epsilon`)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        try:
+            value = float(Fraction(str(text)))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"epsilon must be a number or a fraction like 8/255; got {text!r}.") from None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"epsilon must be a positive number; got {text!r}.")
+    return value
+
+
 def parse_epsilon(text) -> float:
-    """'8/255', '0.03' (or a number) → a float in (0, 1)."""
+    """'8/255', '0.03' (or a number) → a float in (0, 1): an L∞ radius for pixels in [0, 1]."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return check_epsilon(text)
     try:
@@ -46,16 +83,18 @@ def parse_epsilon(text) -> float:
     return value
 
 
-def check_images(x, what: str = "inputs") -> None:
-    """A batch (rank >= 2) with every value in [0, 1]."""
+def check_images(x, what: str = "inputs", bounds=(0.0, 1.0)) -> None:
+    """A batch (rank >= 2) with every value in the model's input range `bounds` (default [0, 1])."""
     x = np.asarray(x)
+    lo, hi = bounds
     if x.ndim < 2:
         raise ValueError(f"{what} must be a batch (rank >= 2); got shape {x.shape}.")
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise ValueError(
-            f"{what} must lie in [0, 1]; found values in [{x.min():.4g}, {x.max():.4g}]. "
-            "Scale images to [0, 1] (e.g. divide uint8 pixels by 255)."
-        )
+    if x.size and (x.min() < lo or x.max() > hi):
+        fix = ("Scale images to [0, 1] (e.g. divide uint8 pixels by 255), or give the model's input range "
+               "as bounds=(lo, hi)." if (lo, hi) == (0.0, 1.0)
+               else "Scale the images to the model's input range, or give the range they are in as bounds=(lo, hi).")
+        raise ValueError(f"{what} must lie in [{lo:g}, {hi:g}]; found values in [{x.min():.4g}, {x.max():.4g}]. "
+                         + fix)
 
 
 def check_same_length(x, y) -> None:
@@ -114,8 +153,8 @@ def _check_output_shape(model, shape) -> int | None:
     return None if shape[-1] is None else int(shape[-1])
 
 
-def _check_images_array(x, what: str) -> np.ndarray:
-    """`x` as a float32 batch of at least one image, every value finite and in [0, 1]."""
+def _check_images_array(x, what: str, bounds=(0.0, 1.0)) -> np.ndarray:
+    """`x` as a float32 batch of at least one image, every value finite and within `bounds`."""
     try:
         x = np.asarray(x)
     except (ValueError, TypeError) as err:
@@ -134,7 +173,7 @@ def _check_images_array(x, what: str) -> np.ndarray:
             first = int(np.argmin(finite.reshape(len(x), -1).all(axis=1)))
             raise ValueError(f"{what} must be finite; found {nan} NaN and {bad - nan} infinite values "
                              f"(first in image {first}). Replace or drop those images.")
-    check_images(x, what)
+    check_images(x, what, bounds)
     return x.astype(np.float32, copy=False)
 
 
@@ -205,11 +244,12 @@ def _check_labels(y, n: int, classes: int | None, model) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def check_inputs(model, x, y=None, *, what: str = "images") -> tuple[np.ndarray, np.ndarray | None]:
+def check_inputs(model, x, y=None, *, what: str = "images", bounds=(0.0, 1.0)
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Checks images (and labels) for `model`; returns them as float32 images and int64 labels.
 
     In this order: at least one image; a batch (rank >= 2); every value finite;
-    values in [0, 1]; a shape the model takes, with one output of logits;
+    values in `bounds` (default [0, 1]); a shape the model takes, with one output of logits;
     then labels shaped (N,) (not one-hot), one per image, integral (floats
     such as 3.0 are converted) and in [0, classes). Each failure is a
     `ValueError` of one line naming the problem and its fix. The checks are
@@ -221,6 +261,7 @@ def check_inputs(model, x, y=None, *, what: str = "images") -> tuple[np.ndarray,
         x: A batch of images in [0, 1].
         y: Integer labels, or None to check only the images.
         what: What the images are, in messages ("images to attack").
+        bounds: The model's input range (lo, hi).
 
     Returns:
         `(x, y)`: `x` as a float32 array, `y` as an int64 array or None.
@@ -231,6 +272,6 @@ def check_inputs(model, x, y=None, *, what: str = "images") -> tuple[np.ndarray,
         >>> x.dtype, y.tolist()
         (dtype('float32'), [3, 7])
     """
-    x = _check_images_array(x, what)
+    x = _check_images_array(x, what, check_bounds(bounds))
     classes = _check_model(model, x, need_classes=y is not None)
     return x, (None if y is None else _check_labels(y, len(x), classes, model))

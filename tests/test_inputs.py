@@ -88,7 +88,8 @@ CASES = [
      r"^{what} must not be empty; got an array shaped \(0, 8, 8, 1\)\. Pass at least one image\.$", False, _tiny),
     ("above one", lambda x, y: (X * 255, Y),
      r"^{what} must lie in \[0, 1\]; found values in \[[0-9.]+, [0-9.]+\]\. "
-     r"Scale images to \[0, 1\] \(e\.g\. divide uint8 pixels by 255\)\.$", False, _tiny),
+     r"Scale images to \[0, 1\] \(e\.g\. divide uint8 pixels by 255\), or give the model's input range as "
+     r"bounds=\(lo, hi\)\.$", False, _tiny),
     ("wrong shape", lambda x, y: (np.full((4, 28, 28, 1), 0.5, np.float32), Y),
      r"^model 'tiny' cannot take images shaped \(28, 28, 1\): it takes images shaped \(8, 8, 1\)\. "
      r"Reshape the images, or pass a model built for them\.$", False, _tiny),

@@ -1,4 +1,5 @@
-"""Auto-PGD (Croce and Hein, 2020), L∞: untargeted with the CE or DLR loss, and APGD-T; EOT gradients."""
+"""Auto-PGD (Croce and Hein, 2020) in L∞ and L2, and APGD-L1 (Croce and Hein, 2021, "Mind the box"):
+untargeted with the CE or DLR loss, and APGD-T; EOT gradients."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ from keras_pnil.attacks.common import (
     compiled,
     eot_scores,
     per_image,
-    project,
     target_classes,
 )
 from keras_pnil.attacks.eot import EOT
+from keras_pnil.threat import DEFAULT_BOUNDS, ThreatModel
 from keras_pnil.validation import check_choice, check_count
 
 LOSSES = ("ce", "dlr")
+NORMS_BUILT = ("linf", "l2", "l1")
+# APGD-L1's sparsity schedule (Croce and Hein, 2021): a fifth of the coordinates move at first; every 4 % of
+# the steps the sparsity is set to the best point's, / 1.5, and the step (ε at first) is divided by 1.5 unless
+# the best point got sparser by 5 % (then it is reset to ε and the attack restarts from it), never under ε/10.
+L1_START_SPARSITY, L1_PERIOD, L1_SHRINK, L1_SPARSER, L1_MIN_STEP = 0.2, 0.04, 1.5, 0.95, 10.0
 
 
 def _per_draw_loss(name: str):
@@ -63,15 +69,9 @@ def apgd_checkpoints(steps: int) -> np.ndarray:
     return np.array(points)
 
 
-def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: float, rho: float,
-                rng: tf.random.Generator, signature: list):
-    """The compiled APGD loop for one batch: returns (best adversarial or highest-loss input, fooled)."""
+def _evaluator(model_fn: EOT, loss: str):
+    """(x, y, target) → (per-image losses, their gradient, fooled), from one EOT forward pass."""
     loss_of = _per_draw_loss(loss)
-    checkpoints = apgd_checkpoints(steps)
-    is_checkpoint = np.zeros(steps + 1, bool)
-    is_checkpoint[checkpoints] = True
-    window = np.zeros(steps + 1, np.float32)
-    window[checkpoints] = np.diff(np.concatenate([[0], checkpoints]))
 
     def evaluate(x, y, target):
         with tf.GradientTape() as tape:
@@ -83,9 +83,23 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
                               tf.cast(y, tf.int32))
         return losses, tape.gradient(total, x), fooled
 
+    return evaluate
+
+
+def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, momentum: float, rho: float,
+                rng: tf.random.Generator, signature: list):
+    """The compiled APGD loop (L∞ or L2) for one batch: returns (best adversarial or highest-loss input, fooled)."""
+    evaluate = _evaluator(model_fn, loss)
+    epsilon = threat.epsilon
+    checkpoints = apgd_checkpoints(steps)
+    is_checkpoint = np.zeros(steps + 1, bool)
+    is_checkpoint[checkpoints] = True
+    window = np.zeros(steps + 1, np.float32)
+    window[checkpoints] = np.diff(np.concatenate([[0], checkpoints]))
+
     @tf.function(input_signature=signature)
     def attack(x, y, target):
-        x_k = project(x + rng.uniform(tf.shape(x), -epsilon, epsilon), x, epsilon)
+        x_k = threat.random_start(rng, x)
         loss_k, grad, fooled = evaluate(x_k, y, target)
         best_adv = tf.where(per_image(fooled, x), x_k, x)
         ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
@@ -93,9 +107,9 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
         x_prev, increases = x_k, tf.zeros_like(loss_k)
         eta_at_check, best_at_check = eta, loss_best
         for k in tf.range(steps):
-            z = project(x_k + per_image(eta, x) * tf.sign(grad), x, epsilon)
+            z = threat.project(x_k + per_image(eta, x) * threat.ascent(grad), x)
             weight = tf.where(k == 0, 1.0, momentum)  # the first step is a plain projected step
-            x_next = project(x_k + weight * (z - x_k) + (1.0 - weight) * (x_k - x_prev), x, epsilon)
+            x_next = threat.project(x_k + weight * (z - x_k) + (1.0 - weight) * (x_k - x_prev), x)
             loss_next, grad_next, fooled = evaluate(x_next, y, target)
             best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
             ever_fooled |= fooled
@@ -118,12 +132,53 @@ def _apgd_graph(model_fn: EOT, epsilon: float, steps: int, loss: str, momentum: 
     return attack
 
 
-def _compiled_apgd(model, x, epsilon: float, steps: int, loss: str, momentum: float, rho: float,
+def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, momentum: float, rho: float,
+                   rng: tf.random.Generator, signature: list):
+    """APGD-L1 for one batch (Croce and Hein, 2021): sparse steps projected onto the L1 ball ∩ the input
+    range, no momentum, the sparsity and step adapted every `L1_PERIOD` of the steps (see the constants)."""
+    evaluate = _evaluator(model_fn, loss)
+    epsilon, period = threat.epsilon, max(int(L1_PERIOD * steps), 1)
+
+    @tf.function(input_signature=signature)
+    def attack(x, y, target):
+        features = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
+        x_k = threat.random_start(rng, x)
+        loss_k, grad, fooled = evaluate(x_k, y, target)
+        best_adv = tf.where(per_image(fooled, x), x_k, x)
+        ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
+        eta = tf.fill(tf.shape(loss_k), epsilon)
+        sparsity = tf.fill(tf.shape(loss_k), L1_START_SPARSITY)
+        moved_before = tf.fill(tf.shape(loss_k), features)
+        for k in tf.range(steps):
+            x_next = threat.project(x_k + per_image(eta, x) * threat.ascent(grad, sparsity), x)
+            loss_next, grad_next, fooled = evaluate(x_next, y, target)
+            best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
+            ever_fooled |= fooled
+            improved = loss_next > loss_best
+            x_best = tf.where(per_image(improved, x), x_next, x_best)
+            grad_best = tf.where(per_image(improved, x), grad_next, grad_best)
+            loss_best = tf.where(improved, loss_next, loss_best)
+            x_k, grad = x_next, grad_next
+            if (k + 1) % period == 0:
+                moved = tf.reduce_sum(tf.cast(tf.reshape(tf.abs(x_best - x), [tf.shape(x)[0], -1]) > 1e-10,
+                                              tf.float32), axis=1)
+                sparser = moved / moved_before < L1_SPARSER
+                sparsity, moved_before = moved / features / L1_SHRINK, moved
+                eta = tf.clip_by_value(tf.where(sparser, epsilon, eta / L1_SHRINK), epsilon / L1_MIN_STEP, epsilon)
+                x_k = tf.where(per_image(sparser, x), x_best, x_k)
+                grad = tf.where(per_image(sparser, x), grad_best, grad)
+        return tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
+
+    return attack
+
+
+def _compiled_apgd(model, x, threat: ThreatModel, steps: int, loss: str, momentum: float, rho: float,
                    eot_samples: int | None, seed: int | None):
     model_fn = EOT(model, eot_samples, images=x)
-    attack = compiled(model, ("apgd", np.shape(x)[1:], model_fn.samples, epsilon, steps, loss, momentum, rho),
-                      lambda rng: _apgd_graph(model_fn, epsilon, steps, loss, momentum, rho, rng,
-                                              batch_signature(x, 2)), seed)
+    graph = _apgd_l1_graph if threat.norm.name == "l1" else _apgd_graph  # L1's own schedule (the 2021 paper)
+    attack = compiled(model, ("apgd", np.shape(x)[1:], model_fn.samples, threat, steps, loss, momentum, rho),
+                      lambda rng: graph(model_fn, threat, steps, loss, momentum, rho, rng,
+                                        batch_signature(x, 2)), seed)
     return model_fn, attack
 
 
@@ -136,23 +191,27 @@ def _attack_standing(attack, x, y, targets, x_adv, fooled, batch_size: int, labe
 
 
 def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", restarts: int = 1,
-         momentum: float = 0.75, rho: float = 0.75, eot_samples: int | None = None,
-         batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
-    """Auto-PGD, untargeted L∞, with EOT gradients on random models.
+         momentum: float = 0.75, rho: float = 0.75, norm: str = "linf", bounds=DEFAULT_BOUNDS,
+         eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
+    """Auto-PGD, untargeted, in L∞, L2 or L1, with EOT gradients on random models.
 
-    Step size 2ε halved at the paper's checkpoints when fewer than `rho` of
-    the steps since the last checkpoint raised the loss or the best loss has
-    not moved (then restarting from the best point); momentum 0.75.
+    L∞ and L2: step size 2ε halved at the paper's checkpoints when fewer than
+    `rho` of the steps since the last checkpoint raised the loss or the best
+    loss has not moved (then restarting from the best point); momentum 0.75;
+    steps along sign(∇) or ∇/‖∇‖₂, projected exactly onto the ball ∩ the input
+    range. L1: APGD-L1's sparse steps and schedule (see `L1_START_SPARSITY`).
 
     Args:
         model: A Keras model that outputs logits.
-        x, y: Images in [0, 1] and integer labels.
-        epsilon: L∞ radius.
+        x, y: Images within `bounds` and integer labels.
+        epsilon: The radius, in the units of the model's inputs.
         steps: Iterations per restart.
         loss: "ce" (cross-entropy) or "dlr" (difference of logits ratio), both
             averaged over the EOT draws, as is the prediction that decides success.
         restarts: Restarts, each on the images not yet fooled.
-        momentum, rho: The paper's momentum and step-halving threshold.
+        momentum, rho: The paper's momentum and step-halving threshold (L∞ and L2).
+        norm: "linf", "l2" or "l1".
+        bounds: The model's input range (lo, hi).
         eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
         seed: Seed of the attack's own random generator.
@@ -160,12 +219,16 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
     Returns:
         Per image, the first misclassified input found, else the one with the
         highest loss, as a NumPy array shaped like `x`.
+
+    Example:
+        >>> x_adv = apgd(model, x, y, 0.5, norm="l2", steps=100)
     """
-    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
+    x, y, threat = check_attack_args(model, x, y, epsilon, batch_size, norm=norm, bounds=bounds,
+                                     attack="apgd", norms=NORMS_BUILT)
     steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     check_choice("APGD loss", loss, LOSSES)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    _, attack = _compiled_apgd(model, x, epsilon, steps, loss, momentum, rho, eot_samples, seed)
+    _, attack = _compiled_apgd(model, x, threat, steps, loss, momentum, rho, eot_samples, seed)
     x_adv, fooled = x.copy(), np.zeros(len(x), bool)
     for restart in range(restarts):
         _attack_standing(attack, x, y, y, x_adv, fooled, batch_size, f"apgd-{loss} {restart + 1}/{restarts}")
@@ -173,8 +236,9 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
 
 
 def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int = TARGET_CLASSES,
-                  momentum: float = 0.75, rho: float = 0.75, eot_samples: int | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
+                  momentum: float = 0.75, rho: float = 0.75, norm: str = "linf", bounds=DEFAULT_BOUNDS,
+                  eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                  seed: int | None = 0) -> np.ndarray:
     """APGD-T: APGD with the targeted DLR loss, once per target class (Croce and Hein, 2020).
 
     The targets of an image are the classes its clean (EOT) prediction ranks
@@ -185,11 +249,13 @@ def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int
     Args:
         model: A Keras model that outputs logits; at least 4 classes (the loss
             reads the 4th-largest logit).
-        x, y: Images in [0, 1] and integer labels.
-        epsilon: L∞ radius.
+        x, y: Images within `bounds` and integer labels.
+        epsilon: The radius, in the units of the model's inputs.
         steps: Iterations per target.
         targets: Target classes per image (at most the number of classes - 1).
         momentum, rho: APGD's momentum and step-halving threshold.
+        norm: "linf", "l2" or "l1" (as `apgd`).
+        bounds: The model's input range (lo, hi).
         eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
         seed: Seed of the attack's own random generator.
@@ -198,12 +264,13 @@ def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int
         Per image, the first misclassified input found, else the last run's
         highest-loss input, as a NumPy array shaped like `x`.
     """
-    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
+    x, y, threat = check_attack_args(model, x, y, epsilon, batch_size, norm=norm, bounds=bounds,
+                                     attack="apgd-t", norms=NORMS_BUILT)
     steps, targets = check_count("steps", steps), check_count("targets", targets)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     if not len(x):
         return x.copy()
-    model_fn, attack = _compiled_apgd(model, x, epsilon, steps, "dlr-t", momentum, rho, eot_samples, seed)
+    model_fn, attack = _compiled_apgd(model, x, threat, steps, "dlr-t", momentum, rho, eot_samples, seed)
     classes = eot_scores(model_fn, x[:1]).shape[1]  # from the output itself: any model, subclassed too
     if classes < 4:
         raise ValueError(f"APGD-T needs at least 4 classes; model {model.name!r} has {classes}.")

@@ -1,4 +1,12 @@
-"""An AutoAttack-style ensemble (Croce and Hein, 2020) for Keras models, EOT-aware."""
+"""An AutoAttack-style ensemble (Croce and Hein, 2020) for Keras models, EOT-aware, composed per norm.
+
+As the official code composes it (`autoattack.py`, `set_version`): `standard`
+runs APGD-CE, APGD-T, FAB-T and Square in L∞ and L2; in L1 APGD-CE with 5
+restarts, APGD-T with 5 targets and FAB-T (Square has no L1 version here, and
+APGD-L1's larger-ε warm-up, `use_largereps`, is not built: so an L1 run is
+never labelled AutoAttack's budget, see `OFFICIAL_NORMS`). `rand` runs APGD-CE
+and APGD-DLR with EOT in any norm.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +26,14 @@ from keras_pnil.attacks.common import (
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.attacks.fab import fab_targeted
 from keras_pnil.attacks.square import square
+from keras_pnil.threat import DEFAULT_BOUNDS
 from keras_pnil.validation import check_choice
 
 VERSIONS = ("standard", "rand")
+NORMS_BUILT = ("linf", "l2", "l1")
+# The norms whose standard composition here is the official one (L1 lacks Square and the larger-ε warm-up).
+OFFICIAL_NORMS = ("linf", "l2")
+L1_RESTARTS, L1_TARGETS = 5, 5  # the official L1 standard version's APGD-CE restarts and APGD-T targets
 
 
 @dataclass
@@ -36,19 +49,28 @@ class AutoAttackReport:
     broken_by: list = field(default_factory=list)  # stage name, "clean", or None if it survived
 
 
-def _stages(version: str, steps: int, queries: int, targets: int, fab_steps: int) -> dict:
+def _stages(version: str, norm: str, steps: int, queries: int, targets: int, fab_steps: int) -> dict:
     if version == "rand":
         return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce"}),
                 "apgd-dlr": (apgd, {"steps": steps, "loss": "dlr"})}
+    if norm == "l1":
+        return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce", "restarts": L1_RESTARTS}),
+                "apgd-t": (apgd_targeted, {"steps": steps, "targets": min(targets, L1_TARGETS)}),
+                "fab-t": (fab_targeted, {"steps": fab_steps, "targets": targets})}
     return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce"}),
             "apgd-t": (apgd_targeted, {"steps": steps, "targets": targets}),
             "fab-t": (fab_targeted, {"steps": fab_steps, "targets": targets}),
             "square": (square, {"queries": queries})}
 
 
+def stage_names(version: str, norm: str) -> list[str]:
+    """The stages the ensemble runs in `version` and `norm`, in order."""
+    return list(_stages(version, norm, 1, 1, 1, 1))
+
+
 def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, steps: int = 100,
-                   queries: int = 5000, targets: int = TARGET_CLASSES, fab_steps: int = 100,
-                   eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                   queries: int = 5000, targets: int = TARGET_CLASSES, fab_steps: int = 100, norm: str = "linf",
+                   bounds=DEFAULT_BOUNDS, eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                    seed: int | None = 0) -> tuple[np.ndarray, AutoAttackReport]:
     """The ensemble with its per-stage report; `autoattack` returns only the images.
 
@@ -56,14 +78,16 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
     APGD-T and FAB-T (`targets` target classes each) and Square (`queries`)
     in turn, each on the images the previous ones left classified right;
     `rand`, the default for random models (see `probe`), runs APGD-CE and
-    APGD-DLR with EOT. An image counts as right when the EOT prediction names
-    its label.
+    APGD-DLR with EOT. In L1 the standard version is the official L1 one (see
+    the module's docstring). An image counts as right when the EOT prediction
+    names its label.
 
     Returns:
         `(x_adv, report)`: per image the first input that broke it, else the
         last attempt; and an `AutoAttackReport`.
     """
-    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
+    x, y, threat = check_attack_args(model, x, y, epsilon, batch_size, norm=norm, bounds=bounds,
+                                     attack="autoattack", norms=NORMS_BUILT)
     model_fn = EOT(model, eot_samples, images=x)
     version = version or ("rand" if model_fn.random else "standard")
     check_choice("AutoAttack version", version, VERSIONS)
@@ -71,12 +95,13 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
     x_adv, right = x.copy(), classified_right(model_fn, x, y, batch_size)
     broken_by = np.where(right, None, "clean").astype(object)
     report = AutoAttackReport(version, model_fn.samples, float(right.mean()))
-    for name, (attack, options) in _stages(version, steps, queries, targets, fab_steps).items():
+    for name, (attack, options) in _stages(version, threat.norm.name, steps, queries, targets, fab_steps).items():
         idx, started = np.flatnonzero(right), time.perf_counter()
         if len(idx):
             with inputs_checked():  # checked above, once for every stage
-                x_adv[idx] = attack(model, x[idx], y[idx], epsilon, eot_samples=model_fn.samples,
-                                    batch_size=batch_size, seed=seed, **options)
+                x_adv[idx] = attack(model, x[idx], y[idx], threat.epsilon, norm=threat.norm.name,
+                                    bounds=threat.bounds, eot_samples=model_fn.samples, batch_size=batch_size,
+                                    seed=seed, **options)
             broken = idx[~classified_right(model_fn, x_adv[idx], y[idx], batch_size)]
             broken_by[broken], right[broken] = name, False
         report.after[name] = float(right.mean())
@@ -86,8 +111,10 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
 
 
 def autoattack(model, x, y, epsilon: float, *, version: str | None = None, steps: int = 100, queries: int = 5000,
-               targets: int = TARGET_CLASSES, fab_steps: int = 100, eot_samples: int | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
+               targets: int = TARGET_CLASSES, fab_steps: int = 100, norm: str = "linf", bounds=DEFAULT_BOUNDS,
+               eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+               seed: int | None = 0) -> np.ndarray:
     """The AutoAttack-style ensemble as an attack: the adversarial images (see `run_autoattack`)."""
     return run_autoattack(model, x, y, epsilon, version=version, steps=steps, queries=queries, targets=targets,
-                          fab_steps=fab_steps, eot_samples=eot_samples, batch_size=batch_size, seed=seed)[0]
+                          fab_steps=fab_steps, norm=norm, bounds=bounds, eot_samples=eot_samples,
+                          batch_size=batch_size, seed=seed)[0]

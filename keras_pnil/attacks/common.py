@@ -1,4 +1,4 @@
-"""What every attack shares: argument checks, a local random generator, batching and the L∞ projection."""
+"""What every attack shares: argument checks (and the threat model), a local random generator, batching."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pnil.attacks.eot import EOT
-from keras_pnil.validation import check_count, check_epsilon, check_inputs
+from keras_pnil.threat import DEFAULT_BOUNDS, ThreatModel, threat_model
+from keras_pnil.validation import check_count, check_inputs
 
 DEFAULT_BATCH_SIZE = 256  # images per batch; the model sees batch × EOT draws at once
 # Target classes of the targeted attacks (APGD-T, FAB-T): AutoAttack's nine classes ranked after the label.
@@ -21,18 +22,24 @@ TARGET_CLASSES = 9
 _INPUTS_CHECKED = contextvars.ContextVar("keras_pnil_inputs_checked", default=False)
 
 
-def check_attack_args(model, x, y, epsilon: float, batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Validates the arguments every attack takes; returns float32 images, int64 labels and ε as a float.
+def check_attack_args(model, x, y, epsilon: float, batch_size: int, *, norm: str = "linf", bounds=DEFAULT_BOUNDS,
+                      attack: str = "the attack", norms=("linf",)) -> tuple[np.ndarray, np.ndarray, ThreatModel]:
+    """Validates the arguments every attack takes; returns float32 images, int64 labels and the `ThreatModel`.
 
-    The images and labels go through `check_inputs` (against `model`) once, at
-    the public entry: not again in an ensemble's stages (see `inputs_checked`).
+    `norms` are the norms the attack has a version for: any other is an error
+    naming them (an attack never silently runs its L∞ version). The images and
+    labels go through `check_inputs` (against `model`, within `bounds`) once,
+    at the public entry: not again in an ensemble's stages (see `inputs_checked`).
     """
-    epsilon = check_epsilon(epsilon)
+    threat = threat_model(norm, epsilon, bounds)
+    if threat.norm.name not in norms:
+        raise ValueError(f"{attack} has no {threat.norm.title} version (norm={threat.norm.name!r}); it has "
+                         f"{', '.join(norms)}. Choose another attack or norm.")
     check_count("batch_size", batch_size)
     if _INPUTS_CHECKED.get():
-        return np.asarray(x, np.float32), np.asarray(y, np.int64), epsilon
-    x, y = check_inputs(model, x, y, what="images to attack")
-    return x, y, epsilon
+        return np.asarray(x, np.float32), np.asarray(y, np.int64), threat
+    x, y = check_inputs(model, x, y, what="images to attack", bounds=threat.bounds)
+    return x, y, threat
 
 
 @contextlib.contextmanager
@@ -123,11 +130,6 @@ def run_batched(attack, x, y, batch_size: int, label: str) -> np.ndarray:
 def per_image(mask, x):
     """A per-image mask or value shaped to broadcast over the pixels of `x`."""
     return tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones(tf.rank(x) - 1, tf.int32)], 0))
-
-
-def project(z, x, epsilon: float):
-    """`z` moved into the L∞ ball of radius ε around `x` and into [0, 1]."""
-    return tf.clip_by_value(tf.clip_by_value(z, x - epsilon, x + epsilon), 0.0, 1.0)
 
 
 def eot_scores(model_fn: EOT, x, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:

@@ -72,15 +72,15 @@ class Behaviour:
 PROBE_IMAGES = 8
 
 
-def probe(model: keras.Model, x=None) -> Behaviour:
+def probe(model: keras.Model, x=None, bounds=(0.0, 1.0)) -> Behaviour:
     """Calls `model` twice on the same batch (the first images of `x`, else uniform noise) and compares.
 
     Judged by behaviour, not by layer type, so a random defence the library
     has never heard of is still attacked with EOT. Images given are checked
-    first (see `keras_pnil.inputs.check_inputs`).
+    first (see `keras_pnil.inputs.check_inputs`), within the model's input range `bounds`.
     """
     if x is not None:
-        x, _ = check_inputs(model, x, what="images to probe with")
+        x, _ = check_inputs(model, x, what="images to probe with", bounds=bounds)
     return _behaviour(model, x)
 
 

@@ -1,7 +1,7 @@
 """One entry per attack: its function, the settings it takes, what it costs and how it is described.
 
 Every registered function is called the same way, `attack(model, x, y,
-epsilon, *, eot_samples, batch_size, seed, **its settings)`, and returns the
+epsilon, *, norm, bounds, eot_samples, batch_size, seed, **its settings)`, and returns the
 adversarial images as a NumPy array. An entry declares its settings as
 `Setting`s (the function keyword each sets, its default and check, and the flat
 budget key that suite files use for it), so the evaluation plan, the command's
@@ -17,11 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from keras_pnil.attacks.apgd import NORMS_BUILT as APGD_NORMS
 from keras_pnil.attacks.apgd import apgd, apgd_targeted
+from keras_pnil.attacks.autoattack import NORMS_BUILT as AUTOATTACK_NORMS
 from keras_pnil.attacks.autoattack import autoattack
+from keras_pnil.attacks.fab import NORMS_BUILT as FAB_NORMS
 from keras_pnil.attacks.fab import fab_targeted
+from keras_pnil.attacks.pgd import NORMS_BUILT as PGD_NORMS
 from keras_pnil.attacks.pgd import pgd
+from keras_pnil.attacks.spsa import NORMS_BUILT as SPSA_NORMS
 from keras_pnil.attacks.spsa import spsa
+from keras_pnil.attacks.square import NORMS_BUILT as SQUARE_NORMS
 from keras_pnil.attacks.square import square
 from keras_pnil.validation import check_count, check_positive
 
@@ -85,6 +91,7 @@ class AttackSpec:
             query-hungry attack can be given fewer draws than PGD.
         fixed_eot: EOT draws whatever the plan says (PGD without EOT: 1).
         follows: Another attack whose settings it takes unless its own are set (PGD without EOT follows PGD).
+        norms: The norms it has a version for (its module's `NORMS_BUILT`); any other is an error before any work.
     """
 
     name: str
@@ -100,6 +107,7 @@ class AttackSpec:
     eot_key: str | None = None
     fixed_eot: int | None = None
     follows: str | None = None
+    norms: tuple[str, ...] = ("linf",)
 
     def defaults(self) -> dict:
         """Setting name → default value."""
@@ -117,7 +125,8 @@ class AttackSpec:
         return {**{self.settings[k].keyword: v for k, v in settings.items()}, **self.options}
 
     def __call__(self, model, x, y, epsilon: float, settings: Mapping, **conventions) -> np.ndarray:
-        """Runs the attack with `settings` and the calling conventions (eot_samples, batch_size, seed)."""
+        """Runs the attack with `settings` and the calling conventions (norm, bounds, eot_samples, batch_size,
+        seed)."""
         return self.function(model, x, y, epsilon, **{**self.keywords(settings), **conventions})
 
 
@@ -139,6 +148,15 @@ def get_attack(name: str) -> AttackSpec:
     return ATTACKS[name]
 
 
+def check_norm_support(names, norm: str) -> None:
+    """An error naming the attacks among `names` that have no version in `norm`, and those that do."""
+    missing = [name for name in names if norm not in get_attack(name).norms]
+    if missing:
+        have = [name for name, spec in ATTACKS.items() if norm in spec.norms]
+        raise ValueError(f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no {norm} version; "
+                         f"attacks with one: {', '.join(have)}.")
+
+
 def _pgd_words(s: Mapping) -> str:
     restarts = s.get("restarts", 1)
     step = f" of {s['step_size']:.4g}" if s.get("step_size") else ""
@@ -152,10 +170,12 @@ def _apgd_cost(s: Mapping, eot: int) -> float:
 _PGD = {"steps": Setting("steps", 50, legacy="pgd_steps"),
         "step_size": Setting("step_size", None, _optional_positive, legacy="pgd_step_size"),
         "restarts": Setting("restarts", 1, legacy="pgd_restarts")}
-register(AttackSpec("pgd", pgd, _PGD, _pgd_words, lambda s, eot: s["steps"] * s["restarts"] * eot * GRADIENT_COST))
+register(AttackSpec("pgd", pgd, _PGD, _pgd_words, lambda s, eot: s["steps"] * s["restarts"] * eot * GRADIENT_COST,
+                    norms=PGD_NORMS))
 # One noise draw per step whatever the plan's EOT: shows what EOT adds against a random model.
 register(AttackSpec("pgd-no-eot", pgd, _PGD, lambda s: _pgd_words(s) + " (one draw)",
-                    lambda s, eot: s["steps"] * s["restarts"] * GRADIENT_COST, fixed_eot=1, follows="pgd"))
+                    lambda s, eot: s["steps"] * s["restarts"] * GRADIENT_COST, fixed_eot=1, follows="pgd",
+                    norms=PGD_NORMS))
 register(AttackSpec("spsa", spsa, {"steps": Setting("steps", 100, legacy="spsa_steps"),
                                    "samples": Setting("perturbations", 2048, _even, legacy="spsa_samples"),
                                    "learning_rate": Setting("learning_rate", 0.01, _positive,
@@ -163,15 +183,15 @@ register(AttackSpec("spsa", spsa, {"steps": Setting("steps", 100, legacy="spsa_s
                                    "delta": Setting("delta", 0.01, _positive, legacy="spsa_delta")},
                     lambda s: f"SPSA {s['steps']} steps × {s['samples']} samples",
                     lambda s, eot: s["steps"] * s["samples"] * eot, gradient_free=True, full_set=False,
-                    images_key="spsa_images", eot_key="spsa_eot_samples"))
+                    images_key="spsa_images", eot_key="spsa_eot_samples", norms=SPSA_NORMS))
 _APGD_STEPS = Setting("steps", 100, legacy="apgd_steps")
 _TARGETS = Setting("targets", 9, legacy="target_classes")  # AutoAttack's
 for _loss in ("ce", "dlr"):
     register(AttackSpec(f"apgd-{_loss}", apgd, {"steps": _APGD_STEPS}, lambda s: f"APGD {s['steps']} steps",
-                        _apgd_cost, options={"loss": _loss}))
+                        _apgd_cost, options={"loss": _loss}, norms=APGD_NORMS))
 register(AttackSpec("apgd-t", apgd_targeted, {"steps": _APGD_STEPS, "targets": _TARGETS},
                     lambda s: f"APGD-T {s['steps']} steps × {s['targets']} targets",
-                    lambda s, eot: _apgd_cost(s, eot) * s["targets"]))
+                    lambda s, eot: _apgd_cost(s, eot) * s["targets"], norms=APGD_NORMS))
 
 
 def _fab_cost(steps: int, targets: int, eot: int) -> float:
@@ -181,15 +201,15 @@ def _fab_cost(steps: int, targets: int, eot: int) -> float:
 register(AttackSpec("fab-t", fab_targeted, {"steps": Setting("steps", 100, legacy="fab_steps"), "targets": _TARGETS},
                     lambda s: f"FAB-T {s['steps']} steps × {s['targets']} targets",
                     lambda s, eot: _fab_cost(s["steps"], s["targets"], eot), full_set=False, seeded=False,
-                    images_key="autoattack_images", eot_key="autoattack_eot_samples"))
+                    images_key="autoattack_images", eot_key="autoattack_eot_samples", norms=FAB_NORMS))
 _QUERIES = Setting("queries", 5000, legacy="square_queries")
 register(AttackSpec("square", square, {"queries": _QUERIES}, lambda s: f"Square {s['queries']} queries",
                     lambda s, eot: s["queries"] * eot, gradient_free=True, full_set=False,
-                    images_key="square_images", eot_key="square_eot_samples"))
+                    images_key="square_images", eot_key="square_eot_samples", norms=SQUARE_NORMS))
 
 
 def _autoattack_words(s: Mapping) -> str:
-    return (f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; rand with EOT: APGD-CE, APGD-DLR; "
+    return (f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; L1: no Square; rand with EOT: APGD-CE, APGD-DLR; "
             f"APGD {s['apgd_steps']} steps, {s['targets']} targets, FAB {s['fab_steps']} steps, "
             f"Square {s['queries']} queries)")
 
@@ -205,4 +225,4 @@ register(AttackSpec("autoattack", autoattack, {"apgd_steps": _APGD_STEPS, "targe
                                                "fab_steps": Setting("fab_steps", 100, legacy="fab_steps"),
                                                "queries": _QUERIES},
                     _autoattack_words, _autoattack_cost, full_set=False, images_key="autoattack_images",
-                    eot_key="autoattack_eot_samples"))
+                    eot_key="autoattack_eot_samples", norms=AUTOATTACK_NORMS))

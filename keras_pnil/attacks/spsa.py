@@ -15,6 +15,7 @@ from cleverhans.tf2.attacks.spsa import _project_perturbation, margin_logit_loss
 
 from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, batch_signature, check_attack_args, compiled, run_batched
 from keras_pnil.attacks.eot import EOT, tile
+from keras_pnil.threat import DEFAULT_BOUNDS, ThreatModel
 from keras_pnil.validation import check_count, check_positive
 
 
@@ -89,21 +90,26 @@ def _margin_loss(model_fn: EOT):
     return loss_fn
 
 
-def _spsa_graph(loss_fn, epsilon: float, steps: int, optimizer: BatchedSPSAAdam, early_stop: bool,
+def _spsa_graph(loss_fn, threat: ThreatModel, steps: int, optimizer: BatchedSPSAAdam, early_stop: bool,
                 signature: list):
+    epsilon, (lo, hi) = threat.epsilon, threat.bounds
+
     @tf.function(input_signature=signature)
     def attack(x, y):
         start = optimizer.rng.uniform(tf.shape(x), -epsilon, epsilon)
-        delta = _project_perturbation(start, epsilon, x, clip_min=0.0, clip_max=1.0)
+        delta = _project_perturbation(start, epsilon, x, clip_min=lo, clip_max=hi)
         state = optimizer.init_state(delta)
         for _ in tf.range(steps):
             delta, state = optimizer.minimize(lambda d: loss_fn(x + d, y), delta, state)
-            delta = _project_perturbation(delta, epsilon, x, clip_min=0.0, clip_max=1.0)
+            delta = _project_perturbation(delta, epsilon, x, clip_min=lo, clip_max=hi)
             if early_stop and tf.reduce_mean(loss_fn(x + delta, y)) < 0.0:
                 break  # CleverHans' rule: the batch's mean margin says it is fooled
         return x + delta
 
     return attack
+
+
+NORMS_BUILT = ("linf",)
 
 
 def _chunks(perturbations: int, per_pass: int, max_model_batch: int) -> int:
@@ -113,20 +119,24 @@ def _chunks(perturbations: int, per_pass: int, max_model_batch: int) -> int:
 
 
 def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 2048, learning_rate: float = 0.01,
-         delta: float = 0.01, early_stop: bool = False, max_model_batch: int = 16384,
-         eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
-    """The gradient-free SPSA attack, batched, with the margin loss averaged over EOT draws.
+         delta: float = 0.01, early_stop: bool = False, max_model_batch: int = 16384, norm: str = "linf",
+         bounds=DEFAULT_BOUNDS, eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+         seed: int | None = 0) -> np.ndarray:
+    """The gradient-free SPSA attack (L∞ only), batched, with the margin loss averaged over EOT draws.
 
     Args:
         model: A Keras model that outputs logits.
-        x, y: Images in [0, 1] and integer labels.
-        epsilon: L∞ radius.
+        x, y: Images within `bounds` and integer labels.
+        epsilon: L∞ radius, in the units of the model's inputs.
         steps: Adam steps (the paper: 100).
         perturbations: Finite-difference perturbations per image and step
             (the paper's "2048 samples"); even.
-        learning_rate, delta: Adam's rate and the perturbation size.
+        learning_rate, delta: Adam's rate and the perturbation size, as fractions of the input range
+            (multiplied by hi - lo: the same defaults for [0, 1] and [0, 255]).
         early_stop: End once the batch's mean margin loss is negative.
         max_model_batch: Most inputs per forward pass (memory).
+        norm: "linf" (SPSA has no L2 or L1 version here: any other norm is an error).
+        bounds: The model's input range (lo, hi).
         eot_samples: Noise draws per query (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
         seed: Seed of the attack's own random generator.
@@ -134,7 +144,8 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
     Returns:
         The adversarial images, a NumPy array shaped like `x`.
     """
-    x, y, epsilon = check_attack_args(model, x, y, epsilon, batch_size)
+    x, y, threat = check_attack_args(model, x, y, epsilon, batch_size, norm=norm, bounds=bounds, attack="spsa",
+                                     norms=NORMS_BUILT)
     steps, perturbations = check_count("steps", steps), check_count("perturbations", perturbations, minimum=2)
     check_positive("learning_rate", learning_rate)
     check_positive("delta", delta)
@@ -143,9 +154,9 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
     chunks = _chunks(perturbations, perturbations * batch_size * model_fn.samples, max_model_batch)
 
     def build(rng):
-        optimizer = BatchedSPSAAdam(rng, learning_rate, delta, perturbations, chunks)
-        return _spsa_graph(_margin_loss(model_fn), epsilon, steps, optimizer, early_stop, batch_signature(x))
+        optimizer = BatchedSPSAAdam(rng, learning_rate * threat.width, delta * threat.width, perturbations, chunks)
+        return _spsa_graph(_margin_loss(model_fn), threat, steps, optimizer, early_stop, batch_signature(x))
 
-    attack = compiled(model, ("spsa", np.shape(x)[1:], model_fn.samples, epsilon, steps, perturbations,
+    attack = compiled(model, ("spsa", np.shape(x)[1:], model_fn.samples, threat, steps, perturbations,
                               learning_rate, delta, early_stop, chunks), build, seed)
     return run_batched(attack, x, y, batch_size, f"spsa {steps} steps × {perturbations} perturbations")
