@@ -54,7 +54,7 @@ def array_dataset(x, y, sample_weight=None, batch_size: int = 32, shuffle: bool 
     As Keras' own array adapter does, the order is one permutation a pass and
     each batch one gather from the arrays held in memory, not a pipeline of
     single images. The permutation draws from TensorFlow's global seed, which
-    `keras.utils.set_random_seed` sets.
+    Keras' seeding utility sets.
 
     Example:
         >>> ds = array_dataset(np.zeros((5, 2), "float32"), np.arange(5), batch_size=2, shuffle=False)
@@ -105,6 +105,7 @@ def steady_fit_arguments(model: keras.Model, *args, **kwargs) -> dict:
     validation_size = arguments.get("validation_batch_size") or arguments.get("batch_size") or 32
     if isinstance(x, tf.data.Dataset):
         arguments["x"] = steady(x)
+        arguments.setdefault("shuffle", False)  # a dataset orders itself; Keras would warn that it ignores the flag
     elif (_is_arrays(x) and _is_arrays(y) and arguments.get("steps_per_epoch") is None
           and arguments.get("shuffle", True) != "batch"):
         weights = arguments.get("sample_weight")

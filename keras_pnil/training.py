@@ -127,6 +127,10 @@ class AdversarialModel(keras.Model):
         self.clean_accuracy.update_state(y, clean_logits)
         return self._reducible(self._keras_step(super().test_step, x, y, sample_weight))
 
+    def _distributed(self) -> bool:
+        """Whether this model runs under a tf.distribute strategy (its own, or the scope compile is called in)."""
+        return tf.distribute.has_strategy() or self.distribute_strategy is not tf.distribute.get_strategy()
+
     def _multi_worker(self) -> bool:
         return isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
@@ -152,14 +156,18 @@ class AdversarialModel(keras.Model):
         Python work (about 2 ms here) would otherwise be a fifth of it.
         Batch-level callbacks then see every 8th batch, as Keras documents
         for `steps_per_execution`; pass `steps_per_execution=1` for every batch.
+        Under a tf.distribute strategy the default is 1.
 
         Example:
             >>> trainer.compile(optimizer="adam", loss=loss)  # doctest: +SKIP
             >>> trainer.steps_per_execution  # doctest: +SKIP
             8
         """
-        steps = STEPS_PER_EXECUTION if steps_per_execution is None else check_count(
-            "steps_per_execution", steps_per_execution)
+        if steps_per_execution is None:
+            # Under a tf.distribute strategy Keras 3.15's multi-step loop fails ("while/cond/Placeholder"):
+            # one step a call there, as Keras' own default.
+            steps_per_execution = 1 if self._distributed() else STEPS_PER_EXECUTION
+        steps = check_count("steps_per_execution", steps_per_execution)
         return super().compile(*args, steps_per_execution=steps, **kwargs)
 
     def fit(self, x=None, y=None, *args, **kwargs):

@@ -79,3 +79,10 @@ def test_the_range_test_refuses_a_model_that_skips_batches():
     x, y = _images(40)
     with pytest.raises(ValueError, match="steps_per_execution=1"):
         kp.schedules.lr_range_test(_trainer(), kp.data.make_dataset(x, y, batch_size=10))
+
+
+def test_compile_keeps_one_step_a_call_under_a_distribution_strategy():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        trainer = _trainer()
+    assert trainer.steps_per_execution == 1
