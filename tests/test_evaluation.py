@@ -222,5 +222,5 @@ def test_the_square_witness_is_compared_with_the_ensemble_when_only_it_ran(train
                                                        "autoattack.queries": 10, "autoattack.targets": 1,
                                                        "checks.images": 10, "checks.square_queries": 10,
                                                        "pgd.steps": 2})
-    assert [c.check for c in result.checks] == ["square vs autoattack", "large-ε PGD"]
+    assert [c.check for c in result.checks] == ["square vs autoattack", "large-ε PGD", "zero gradients", "NaN/inf"]
     assert "on the same 10 images" in result.checks[0].detail

@@ -249,3 +249,67 @@ def test_robustness_in_l2_on_another_input_range():
     names = [c.check for c in result.checks]
     assert "zero gradients" in names and "NaN/inf" in names and "square vs apgd-ce" in names
     assert result.to_dict()["threat_model"] == {"norm": "l2", "epsilon": epsilon, "bounds": [0.0, 255.0]}
+
+
+def test_l1_steps_move_only_the_largest_gradient_coordinates():
+    grad = tf.constant([[0.1, -4.0, 0.3, 2.0, -0.2, 1.0, 0.05, 0.4]])
+    step = NORMS["l1"].ascent(grad, tf.constant([0.25])).numpy()
+    np.testing.assert_allclose(step, [[0, -0.5, 0, 0.5, 0, 0, 0, 0]], atol=1e-6)  # 2 of 8, L1 norm 1
+    np.testing.assert_allclose(np.abs(NORMS["l2"].ascent(grad).numpy()).sum() > 1, True)
+    np.testing.assert_allclose(np.linalg.norm(NORMS["l2"].ascent(grad).numpy()), 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the command
+def test_the_command_in_l2_on_inputs_in_0_255_writes_the_threat_model_and_a_robustbench_record(tmp_path, capsys):
+    import csv
+    import json
+
+    from keras_pnil import cli
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(10)], name="u255")
+    model.save(tmp_path / "m.keras")
+    x = np.random.default_rng(1).uniform(0, 255, (12, 8, 8, 1)).astype(np.float32)
+    y = model.predict(x, verbose=0).argmax(-1)  # all classified right
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"), "--norm", "l2", "--bounds", "0,255",
+            "--epsilon", "300", "--budget", "quick", "--attacks", "apgd-ce,square", "--set", "apgd-ce.steps=5",
+            "--set", "square.queries=20", "--set", "pgd.steps=2", "--set", "checks.images=4", "--out", str(out)]
+    assert cli.evaluate_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "L2 ε=300 (inputs in [0, 255])" in printed and "largest L2 perturbation" in printed
+    rows = {r["attack"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert list(rows["clean"])[-3:] == ["norm", "bounds", "largest_perturbation"]
+    assert rows["apgd-ce"]["norm"] == "l2" and rows["apgd-ce"]["bounds"] == "0,255"
+    assert 0 < float(rows["apgd-ce"]["largest_perturbation"]) <= 300 * (1 + masking.NORM_TOLERANCE)
+    details = json.loads((out / "results.json").read_text())["models"][0]
+    assert {"zero gradients", "NaN/inf", "large-ε PGD"} <= {c["check"] for c in details["checks"]}
+    assert details["threat_model"] == {"norm": "l2", "epsilon": 300.0, "bounds": [0.0, 255.0]}
+    record = json.loads((out / "robustbench.json").read_text())
+    assert record["threat_model"] == "L2" and record["eps"] == "300" and record["n_examples"] == 12
+    assert record["autoattack_acc"] is None and "AutoAttack was not run" in record["footnote"]
+    assert record["clean_acc"] == "100.00" and record["random"] is False and record["plan"]["norm"] == "l2"
+    assert {"architecture", "additional_data", "reported"} <= set(record)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--norm", "l3"], "argument --norm: invalid choice: 'l3' (choose from 'linf', 'l2', 'l1')"),
+    (["--epsilon", "2"], "argument --epsilon: epsilon must be a number in (0, 1) for pixels in [0, 1]"),
+    (["--bounds", "255,0"], "argument --bounds: LO must be below HI (e.g. 0,255); got '255,0'"),
+    (["--norm", "l1", "--attacks", "square"], "square has no l1 version; attacks with one: apgd-ce"),
+])
+def test_the_command_rejects_bad_threat_models_in_one_line(tmp_path, capsys, flags, message):
+    from keras_pnil import cli
+
+    keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(4)]).save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=np.full((2, 4, 4, 1), 0.5, np.float32), y=np.zeros(2, np.int64))
+    argv = [str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"), "--epsilon", "0.5", *flags,
+            "--out", str(tmp_path / "out")]
+    try:
+        code = cli.evaluate_main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, err

@@ -51,7 +51,8 @@ def test_an_evaluation_resumes_at_its_next_stage(trained_pair, mnist, tmp_path, 
                                                                                  num_images=20)
     store = records.StageStore(tmp_path / "stages", "key-1")
     first = kp.evaluation.evaluate(trained_pair[False], x, y, plan, store=store, progress=lambda m: None)
-    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == ["clean.json", "pgd.json", "square.json"]
+    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == [
+        "clean.json", "pgd.json", "pgd.largest.json", "square.json", "square.largest.json"]
     ran = []
     for name in ("pgd", "square"):
         spec = kp.attacks.ATTACKS[name]
@@ -59,6 +60,7 @@ def test_an_evaluation_resumes_at_its_next_stage(trained_pair, mnist, tmp_path, 
             name, lambda *a, **k: ran.append(1) or np.asarray(a[1]), spec.settings, spec.describe, spec.cost))
     again = kp.evaluation.evaluate(trained_pair[False], x, y, plan, store=store, progress=lambda m: None)
     assert ran == [] and again.to_dict()["attacks"] == first.to_dict()["attacks"]  # read back, not attacked
+    assert again.largest_perturbation == first.largest_perturbation and first.largest_perturbation["pgd"] > 0
     other = records.StageStore(tmp_path / "stages", "key-2")  # another key: every stage runs again
     kp.evaluation.evaluate(trained_pair[False], x, y, plan, store=other, progress=lambda m: None)
     assert ran == [1, 1]

@@ -1,8 +1,10 @@
 """Attacks: PGD, SPSA, Auto-PGD (APGD-CE/DLR/T), FAB-T, Square and an AutoAttack ensemble, all EOT-aware.
 
-Every attack is called as `attack(model, x, y, epsilon, *, eot_samples,
-batch_size, seed, **budget)` and returns the adversarial images as a NumPy
-array. `batch_size` counts images; `eot_samples` counts noise draws (default:
+Every attack is called as `attack(model, x, y, epsilon, *, norm, bounds,
+eot_samples, batch_size, seed, **budget)` and returns the adversarial images
+as a NumPy array; `norm` ("linf", "l2", "l1") and `bounds` (the model's input
+range) form the threat model (`keras_pnil.threat`), and an attack without a
+version in the norm raises. `batch_size` counts images; `eot_samples` counts noise draws (default:
 20 on random models, judged by calling them twice, 1 otherwise); `seed` seeds the attack's own
 generator (TensorFlow's global seed is never read or reset). `ATTACKS` holds
 one `AttackSpec` per name.

@@ -29,6 +29,7 @@ from keras_pnil.attacks.spsa import NORMS_BUILT as SPSA_NORMS
 from keras_pnil.attacks.spsa import spsa
 from keras_pnil.attacks.square import NORMS_BUILT as SQUARE_NORMS
 from keras_pnil.attacks.square import square
+from keras_pnil.threat import DEFAULT_BOUNDS
 from keras_pnil.validation import check_count, check_positive
 
 # A backward pass costs about two forward passes; costs below count forward-pass equivalents.
@@ -126,7 +127,10 @@ class AttackSpec:
 
     def __call__(self, model, x, y, epsilon: float, settings: Mapping, **conventions) -> np.ndarray:
         """Runs the attack with `settings` and the calling conventions (norm, bounds, eot_samples, batch_size,
-        seed)."""
+        seed). `norm` and `bounds` are passed only when they differ from L∞ on [0, 1], so an attack written
+        for that threat model alone needs neither keyword."""
+        if conventions.get("norm") == "linf" and tuple(conventions.get("bounds", DEFAULT_BOUNDS)) == DEFAULT_BOUNDS:
+            conventions = {k: v for k, v in conventions.items() if k not in ("norm", "bounds")}
         return self.function(model, x, y, epsilon, **{**self.keywords(settings), **conventions})
 
 

@@ -35,6 +35,14 @@ def _margin(model_fn: EOT):
     return margin
 
 
+def _keep_better(x, x_new, x_best, margin_new, margin):
+    """A candidate replaces the best only where it lowers the margin of an image still classified right."""
+    accept = (margin_new < margin) & (margin > 0.0)
+    # Static shapes kept for the loop (a batch of 1 would otherwise broadcast to None).
+    return (tf.ensure_shape(tf.where(accept[:, None, None, None], x_new, x_best), x.shape),
+            tf.ensure_shape(tf.where(accept, margin_new, margin), margin.shape))
+
+
 def _window(rows, cols, top, left, side):
     return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
@@ -68,10 +76,7 @@ def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: floa
             candidate = tf.where(window[..., None], epsilon * signs([batch, 1, 1, channels]), x_best - x)
             x_new = tf.clip_by_value(x + candidate, lo, hi)
             margin_new = margin_of(x_new, y)
-            accept = (margin_new < margin) & (margin > 0.0)
-            # Static shapes kept for the loop (a batch of 1 would otherwise broadcast to None).
-            x_best = tf.ensure_shape(tf.where(accept[:, None, None, None], x_new, x_best), x.shape)
-            margin = tf.ensure_shape(tf.where(accept, margin_new, margin), margin.shape)
+            x_best, margin = _keep_better(x, x_new, x_best, margin_new, margin)
         return x_best
 
     return attack
@@ -133,9 +138,7 @@ def _square_l2_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
             fresh = fresh * tf.sqrt(budget / (sq(fresh) + 1e-24))
             x_new = tf.clip_by_value(x + delta * (1.0 - both) + fresh, lo, hi)
             margin_new = margin_of(x_new, y)
-            accept = (margin_new < margin) & (margin > 0.0)
-            x_best = tf.ensure_shape(tf.where(accept[:, None, None, None], x_new, x_best), x.shape)
-            margin = tf.ensure_shape(tf.where(accept, margin_new, margin), margin.shape)
+            x_best, margin = _keep_better(x, x_new, x_best, margin_new, margin)
         return x_best
 
     return attack
