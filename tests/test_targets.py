@@ -73,7 +73,7 @@ def test_a_users_sequential_pnil_model_goes_from_model_save_to_a_tidy_csv(mnist,
     assert "estimate: " in printed and "random at inference" in printed and "PGD 10 steps" in printed
     with open(tmp_path / "eval" / "results.csv", newline="") as f:
         assert f.readline().strip() == ("model,dataset,epsilon,attack,accuracy,clean_accuracy,n_images,eot_samples,"
-                                        "accuracy_draws,budget,label")
+                                        "accuracy_draws,budget,label,norm,bounds,largest_perturbation")
     rows = _rows(tmp_path / "eval")
     assert [r["attack"] for r in rows] == ["clean", "pgd", "pgd-no-eot", "min"]
     by = {r["attack"]: r for r in rows}
