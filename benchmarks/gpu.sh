@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every benchmark table for a GPU machine, in well under 15 minutes on one modern GPU:
 # training throughput (clean, fgsm, rfgsm, nfgsm, pgd-7) without and with XLA and mixed precision,
-# the attack-throughput ratios, and APGD/Square against IBM ART. Run from the repository root after
-# `make install`, with the MNIST files under KERAS_PNIL_DATA_DIR (default ../shared/datasets).
+# the attack-throughput ratios, APGD/Square against IBM ART, and the ResNet tables of issue 27 (PreActResNet-18
+# against Wong et al.'s PyTorch FGSM-RS and against the official AutoAttack). Run from the repository root after
+# `make install`, with the MNIST files under KERAS_PNIL_DATA_DIR (default ../shared/datasets); the ResNet tables
+# need a CUDA build of PyTorch and `pip install pyautoattack==0.2.0` in the same venv, and are skipped without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KERAS_PNIL_DATA_DIR="${KERAS_PNIL_DATA_DIR:-$(cd ../shared/datasets && pwd)}"
@@ -14,3 +16,13 @@ for flags in "" "--jit" "--jit --mixed-precision"; do
 done
 $PY benchmarks/attack_throughput.py
 $PY benchmarks/attack_comparison.py --images 1000
+if $PY -c "import torch, pyautoattack; assert torch.cuda.is_available()" 2>/dev/null; then
+    # FGSM-RS / NFGSM against PyTorch: float32 eager, XLA, XLA + mixed precision (PyTorch: autocast float16).
+    for flags in "" "--jit" "--jit --mixed-precision"; do
+        $PY benchmarks/pytorch_reference.py --architecture preact_resnet18 --images 12800 --repeats 3 $flags
+    done
+    # AutoAttack standard, whole call against whole call (float32; ours has no XLA or mixed-precision switch).
+    $PY benchmarks/autoattack_reference.py --images 1000
+else
+    echo "ResNet tables skipped: they need a CUDA build of PyTorch and pyautoattack (pip install torch pyautoattack==0.2.0)"
+fi
