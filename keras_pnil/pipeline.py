@@ -51,10 +51,10 @@ def steady(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def array_dataset(x, y, sample_weight=None, batch_size: int = 32, shuffle: bool = True) -> tf.data.Dataset:
     """Arrays as a steady dataset batched as Keras' `fit` batches them (reshuffled each epoch when `shuffle`).
 
-    As Keras' own array adapter does, the order is one permutation a pass and
-    each batch one gather from the arrays held in memory, not a pipeline of
-    single images. The permutation draws from TensorFlow's global seed, which
-    Keras' seeding utility sets.
+    Only the indices pass through the shuffle; each batch is one gather from
+    the arrays held in memory, as in Keras' own array adapter. The order
+    draws from TensorFlow's global seed, which Keras' seeding utility sets,
+    and is new each epoch.
 
     Example:
         >>> ds = array_dataset(np.zeros((5, 2), "float32"), np.arange(5), batch_size=2, shuffle=False)
@@ -65,14 +65,12 @@ def array_dataset(x, y, sample_weight=None, batch_size: int = 32, shuffle: bool 
         x = tf.cast(x, keras.backend.floatx())  # as Keras' own adapter: float64 arrays train in float32
     arrays = tuple(tf.convert_to_tensor(a) for a in ((x, y) if sample_weight is None else (x, y, sample_weight)))
     count = int(arrays[0].shape[0])
-
-    def batches(_):
-        order = tf.random.shuffle(tf.range(count)) if shuffle else tf.range(count)
-        starts = tf.range(0, count, batch_size)
-        return tf.data.Dataset.from_tensor_slices(starts).map(lambda start: order[start:start + batch_size])
-
-    dataset = tf.data.Dataset.range(1).flat_map(batches)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
+    order = tf.data.Dataset.range(count)
+    if shuffle:
+        # A shuffle with its own seed state, so each epoch's order differs even under a global seed (a random
+        # op inside a dataset function would replay the same permutation every epoch).
+        order = order.shuffle(count, reshuffle_each_iteration=True)
+    dataset = order.batch(batch_size)
     # The next batch is gathered while the step runs (a fixed buffer: it is autotuning that was slow).
     return steady(dataset.map(lambda indices: tuple(tf.gather(a, indices) for a in arrays)).prefetch(2))
 
