@@ -136,7 +136,7 @@ def test_overfitting_monitor_logs_the_accuracy_under_its_own_pgd(mnist):
     # The logged value is the accuracy under PGD with the monitor's ε and steps (seeded: reproducible), not
     # the clean accuracy nor another number of steps, and a deterministic model gets no EOT entry.
     (x, y), _ = mnist
-    trainer = _trainer()
+    trainer = _trainer("clean")  # a model that learns on any order of these 1,000 images (FGSM here may not)
     trainer.fit(x[:1000], y[:1000], epochs=2, verbose=0)
     xv, yv = x[-200:], y[-200:]
     monitor, logs = CatastrophicOverfittingMonitor(xv, yv, EPS, steps=5), {}
