@@ -87,3 +87,18 @@ def test_compile_keeps_one_step_a_call_under_a_distribution_strategy():
     with strategy.scope():
         trainer = _trainer()
     assert trainer.steps_per_execution == 1
+
+
+def test_adversarial_fit_hands_keras_steady_data_for_arrays_and_datasets(monkeypatch):
+    seen = []
+    def record(self, *args, **kwargs):
+        seen.append({**dict(zip(("x", "y"), args, strict=False)), **kwargs})
+
+    monkeypatch.setattr(keras.Model, "fit", record)
+    x, y = _images(20)
+    trainer = _trainer()
+    trainer.fit(x, y, batch_size=5, validation_data=(x[:6], y[:6]))
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(5))
+    for kwargs in seen:
+        assert isinstance(kwargs["x"], tf.data.Dataset) and kwargs["x"].options().autotune.enabled is False
+    assert seen[0]["validation_data"].options().autotune.enabled is False and seen[0]["y"] is None
