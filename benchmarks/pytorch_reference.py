@@ -1,11 +1,12 @@
 """Training speed against the PyTorch reference: our NFGSM (and FGSM-RS) vs Wong et al.'s FGSM-RS loop.
 
 The reference is Wong et al.'s MNIST training step ("Fast is better than free", `MNIST/train_mnist.py`)
-written out here in eager PyTorch: their network, a uniform start in the ε-ball, one signed-gradient step
-of α = 1.25ε, projection, then the update. Both sides train on the same MNIST images, batch 100, Adam,
-on this machine's CPU threads; each number is the best of `--repeats` interleaved rounds, timed after a
-warm-up so that neither tracing nor the first allocation is counted. Target: NFGSM images/s >= 1.0x the
-reference. PyTorch is an optional benchmark dependency (`pip install torch==2.13.0`, the CPU wheel).
+written out here in eager PyTorch: their network (`torch_models.wong_mnist`), a uniform start in the
+ε-ball, one signed-gradient step of α = 1.25ε, projection, then the update. Both sides train on the same
+MNIST images, batch 100, Adam, on this machine's CPU threads; each number is the best of `--repeats`
+interleaved rounds, timed after a warm-up so that neither tracing nor the first allocation is counted.
+Target: NFGSM images/s >= 1.0x the reference. PyTorch is an optional benchmark dependency
+(`pip install torch==2.13.0`, the CPU wheel).
 
     KERAS_PNIL_DATA_DIR=../shared/datasets python benchmarks/pytorch_reference.py [--images 6000]
 
@@ -56,11 +57,10 @@ def torch_fgsm_rs(x: np.ndarray, y: np.ndarray, shuffle: bool = False) -> float:
     """
     import torch  # the optional benchmark dependency
     from torch import nn
+    from torch_models import wong_mnist
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
-                          nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10))
+    model = wong_mnist()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
