@@ -50,16 +50,18 @@ def load_suite(name_or_path: str) -> dict:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of a suite's grid on one fold."""
+    """One cell of a suite's grid on one fold and one seed."""
 
     dataset: str
     method: str
     pnil: bool
     fold: int | None  # None: the whole training set (a suite's "folds": [null])
+    seed: int | None = None  # None: the method's configured seed (a suite without "seeds")
 
     @property
     def name(self) -> str:
-        name = f"{self.dataset}-{self.method}-{'pnil' if self.pnil else 'baseline'}"
+        seed = "" if self.seed is None else f"-seed{self.seed}"
+        name = f"{self.dataset}-{self.method}{seed}-{'pnil' if self.pnil else 'baseline'}"
         return name if self.fold is None else f"{name}-fold{self.fold}"
 
 
@@ -71,9 +73,25 @@ def grid(suite: dict, budget: str, datasets=None) -> list[RunSpec]:
     if unknown:
         raise SuiteError(f"unknown data set(s) {sorted(unknown)}; suite {suite['path']} has {list(suite['datasets'])}.")
     chosen = [d for d in suite["datasets"] if not datasets or d in datasets]
+    # Seeds outermost, so that a suite stopped part-way has every method on its first seeds.
     # A method may restrict PNIL on/off (e.g. the clean or PGD reference trains the baseline only).
-    return [RunSpec(d, m, p, f) for d in chosen for m, options in suite["methods"].items()
+    return [RunSpec(d, m, p, f, seed) for seed in suite_seeds(suite, budget) for d in chosen
+            for m, options in suite["methods"].items()
             for p in options.get("pnil", suite["pnil"]) for f in suite["budgets"][budget]["folds"]]
+
+
+def suite_seeds(suite: dict, budget: str) -> list:
+    """The training seeds of `budget`: its own "seeds" list, else the suite's, else [None] (each method's own).
+
+    Example:
+        >>> suite_seeds({"seeds": [0, 1, 2], "budgets": {"quick": {"seeds": [0]}}}, "quick")
+        [0]
+    """
+    seeds = suite["budgets"][budget].get("seeds", suite.get("seeds", [None]))
+    if not seeds or any(s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise SuiteError(f"suite {suite['path']}: \"seeds\" must be distinct non-negative integers, got {seeds!r}")
+    return list(seeds)
 
 
 def _method_settings(suite: dict, spec: RunSpec) -> tuple[dict, dict]:
@@ -104,6 +122,11 @@ def train_config(suite: dict, budget: str, spec: RunSpec, data_dir=None) -> dict
     defaults, method = _method_settings(suite, spec)
     options = {**defaults, **suite["datasets"][spec.dataset], **method, **suite["budgets"][budget]["train"],
                "pnil": spec.pnil, "fold": spec.fold, "data_dir": data_dir}
+    if spec.seed is not None:
+        if "seed" in method:
+            raise SuiteError(f"suite {suite['path']}: method {spec.method!r} sets a seed and the suite has \"seeds\"; "
+                             "remove one of them")
+        options["seed"] = spec.seed
     return runs.training_config(options)
 
 

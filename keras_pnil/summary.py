@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from keras_pnil.history import collapse_epoch, read_history
 from keras_pnil.report import ATTACK_COLUMNS
+from keras_pnil.seeds import COLLAPSE_CURVE, COLLAPSE_FRACTION, collapsed, over_seeds, over_seeds_markdown
 
 
 def _device() -> str:
@@ -112,7 +113,8 @@ def training_columns(specs, histories: dict, timings: dict) -> dict:
         row = {"epochs": f"{len(losses)} (best {int(np.argmin(losses)) + 1})" if losses else "–",
                "train s": f"{seconds:.0f}" if seconds else "–",
                "× clean": f"{seconds / clean[spec.dataset]:.2f}" if seconds and clean.get(spec.dataset) else "–",
-               "collapse (epoch)": collapse_epoch(history.get("pgd_val_accuracy", [])) or "none"}
+               "collapse (epoch)": collapse_epoch(history.get("pgd_val_accuracy", [])) or "none",
+               "collapsed": {True: "yes", False: "no", None: "–"}[collapsed(history.get(COLLAPSE_CURVE, []))]}
         if "pgd_no_eot_val_accuracy" in history:
             row["collapse without EOT"] = collapse_epoch(history["pgd_no_eot_val_accuracy"]) or "none"
         columns[spec.name] = row
@@ -143,6 +145,15 @@ def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dic
                      f"(`--report-only`); the suite resumes with the rest.\n")
     if suite.get("report", "table1") == "table1":
         parts += ["## Table 1\n", Path(tables["md"]).read_text()]
+    if any(s.seed is not None for s in specs):
+        parts += [
+            "## Over seeds\n",
+            f"Per data set, method and PNIL, over the training seeds reported. A run **collapsed** when its final "
+            f"epoch's PGD accuracy on the fixed validation batch (with EOT for PNIL models) is below "
+            f"{COLLAPSE_FRACTION:.0%} of its best epoch's. Accuracies in percent, mean ± sample std over all seeds "
+            "and over the runs that did not collapse (n where fewer).\n",
+            over_seeds_markdown(over_seeds(specs, records, {s.name: read_history(histories[s.name]) for s in specs})),
+        ]
     parts += [
         "\n## Every run, with the gradient-masking checks\n",
         "Accuracies in percent. Checks per run, in points: a gradient-free attack's accuracy minus the strongest "
