@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -92,28 +93,69 @@ class ConvergenceStop(keras.callbacks.Callback):
             self.model.stop_training, self.stopped_at = True, epoch + 1
 
 
+@dataclass(frozen=True)
+class StopRule:
+    """When `CatastrophicOverfittingMonitor` (with `early_stop`) stops a run on a collapse of its PGD accuracy.
+
+    Attributes:
+        reference: "best": stop when the accuracy falls more than `drop` below the best of the epochs so
+            far; "previous": below the previous epoch's (Wong et al.'s CIFAR-10 code, `train_fgsm.py`).
+        drop: The fall, in accuracy (0.2: twenty points), that counts as a collapse.
+        steps: PGD steps of a separate check on a batch of training images drawn each epoch (Wong et al.:
+            PGD-5 on the epoch's first training batch); None: the monitor's validation check decides.
+        step_fraction: That check's PGD step in units of ε (Wong et al.: 2/255 at ε = 8/255, 1/4).
+
+    Example:
+        >>> StopRule(reference="previous").collapsed(0.1, best=0.5, previous=0.45)
+        True
+    """
+
+    reference: str = "best"
+    drop: float = 0.2
+    steps: int | None = None
+    step_fraction: float = 0.25
+
+    def collapsed(self, accuracy: float, best: float | None, previous: float | None) -> bool:
+        """Whether `accuracy` is a collapse after the `best` and `previous` epochs' (None before any)."""
+        reference = best if self.reference == "best" else previous
+        return reference is not None and accuracy < reference - self.drop
+
+
+# "best": the monitor's own validation check against its best (ours); "wong": Wong et al.'s CIFAR-10 rule.
+STOP_RULES = {"best": StopRule(), "wong": StopRule(reference="previous", drop=0.2, steps=5, step_fraction=0.25)}
+
+
 class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     """Logs PGD accuracy on a fixed validation batch each epoch; optionally stops on a collapse.
 
     Catastrophic overfitting (Wong et al.) shows as PGD accuracy falling far
     below its best within an epoch while clean accuracy stays high. With
-    `early_stop`, a drop of more than `drop` below the best seen stops training
-    and restores the weights of the epoch before the collapse. On a model with
-    a random layer, `pgd_val_accuracy` is measured with `eot_samples` EOT draws
-    and `pgd_no_eot_val_accuracy` with one, so a collapse hidden from attacks
-    without EOT shows as a gap between the two. With a `state_dir`, the best
-    accuracy so far and the previous epoch's weights are kept on disk, so a
-    collapse that spans a resumed run is still seen (and undone).
+    `early_stop`, a collapse by `rule` (default: more than `drop` below the
+    best seen, on the validation batch) stops training and restores the
+    weights of the epoch before the collapse. A rule with its own `steps`
+    (Wong et al.'s: PGD-5 on a training batch, against the previous epoch)
+    attacks `stop_batches[epoch]` (one (x, y) batch of training images per
+    epoch) and logs that accuracy as `pgd_train_batch_accuracy`. On a model
+    with a random layer, `pgd_val_accuracy` is measured with `eot_samples` EOT
+    draws and `pgd_no_eot_val_accuracy` with one, so a collapse hidden from
+    attacks without EOT shows as a gap between the two. With a `state_dir`,
+    the best and last accuracy so far and the previous epoch's weights are
+    kept on disk, so a collapse that spans a resumed run is still seen (and undone).
     """
 
     def __init__(self, x, y, epsilon: float, steps: int = 10, eot_samples: int = 4,
-                 early_stop: bool = False, drop: float = 0.2, state_dir=None):
+                 early_stop: bool = False, drop: float = 0.2, state_dir=None, rule: StopRule | None = None,
+                 stop_batches=None):
         super().__init__()
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y)
         self.epsilon, self.steps, self.eot_samples = epsilon, steps, eot_samples
-        self.early_stop, self.drop = early_stop, drop
+        self.early_stop, self.rule = early_stop, rule or StopRule(drop=drop)
+        if self.rule.steps is not None and stop_batches is None:
+            raise ValueError("A stop rule with its own PGD check needs stop_batches: one (x, y) batch of training "
+                             "images per epoch.")
+        self.stop_batches = stop_batches
         self.state_dir = None if state_dir is None else Path(state_dir)
-        self.best, self.collapsed_at = -1.0, None
+        self.best, self.last, self.collapsed_at = -1.0, None, None
 
     @property
     def _weights_path(self) -> Path:
@@ -122,7 +164,8 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._previous_weights = None
         if self.state_dir is not None and (self.state_dir / "state.json").exists():
-            self.best = read_json(self.state_dir / "state.json")["best"]
+            state = read_json(self.state_dir / "state.json")
+            self.best, self.last = state["best"], state.get("last")
             if self._weights_path.exists():
                 self._previous_weights = self._load_previous()
 
@@ -134,7 +177,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         return previous
 
     def _remember(self, epoch: int) -> None:
-        """Keeps the best accuracy and, when a collapse would be undone, this epoch's weights."""
+        """Keeps the best and last accuracy and, when a collapse would be undone, this epoch's weights."""
         if self.early_stop:
             self._previous_weights = self.model.get_weights()
         if self.state_dir is None:
@@ -144,26 +187,42 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
             tmp = self.state_dir / ".previous.tmp.weights.h5"
             self.model.save_weights(tmp)
             os.replace(tmp, self._weights_path)
-        atomic_write_json(self.state_dir / "state.json", {"best": self.best, "epoch": epoch + 1})
+        atomic_write_json(self.state_dir / "state.json", {"best": self.best, "last": self.last, "epoch": epoch + 1})
 
-    def _pgd_accuracy(self, eot_samples: int) -> float:
-        x_adv = pgd(self.model, self.x, self.y, self.epsilon, steps=self.steps, eot_samples=eot_samples)
-        return correctness.accuracy(self.model, x_adv, self.y)
+    def _pgd_accuracy(self, x, y, eot_samples: int, steps: int, step_size: float | None = None) -> float:
+        x_adv = pgd(self.model, x, y, self.epsilon, steps=steps, step_size=step_size, eot_samples=eot_samples)
+        return correctness.accuracy(self.model, x_adv, y)
+
+    def _rule_accuracy(self, epoch: int, eot_samples: int, logs: dict | None) -> float | None:
+        """The accuracy the rule judges: its own check on this epoch's training batch, if it has one."""
+        if self.rule.steps is None:
+            return None
+        x, y = self.stop_batches[epoch % len(self.stop_batches)]
+        accuracy = self._pgd_accuracy(np.asarray(x, np.float32), np.asarray(y), eot_samples, self.rule.steps,
+                                      self.rule.step_fraction * self.epsilon)
+        if logs is not None:
+            logs["pgd_train_batch_accuracy"] = accuracy
+        return accuracy
 
     def on_epoch_end(self, epoch, logs=None):
         random = probe(self.model, self.x).random
-        pgd_accuracy = self._pgd_accuracy(self.eot_samples if random else 1)
+        eot_samples = self.eot_samples if random else 1
+        pgd_accuracy = self._pgd_accuracy(self.x, self.y, eot_samples, self.steps)
         if logs is not None:
             logs["pgd_val_accuracy"] = pgd_accuracy
             if random:
-                logs["pgd_no_eot_val_accuracy"] = self._pgd_accuracy(1)
-        if self.early_stop and pgd_accuracy < self.best - self.drop and self._previous_weights:
-            log.warning(f"Catastrophic overfitting at epoch {epoch + 1}: PGD accuracy {pgd_accuracy:.3f} "
-                        f"after a best of {self.best:.3f}; stopping and restoring the previous epoch.")
+                logs["pgd_no_eot_val_accuracy"] = self._pgd_accuracy(self.x, self.y, 1, self.steps)
+        judged = self._rule_accuracy(epoch, eot_samples, logs)
+        judged = pgd_accuracy if judged is None else judged
+        best = self.best if self.best >= 0 else None
+        if self.early_stop and self._previous_weights and self.rule.collapsed(judged, best, self.last):
+            log.warning(f"Catastrophic overfitting at epoch {epoch + 1}: PGD accuracy {judged:.3f} after "
+                        f"{self.rule.reference} {(best if self.rule.reference == 'best' else self.last):.3f}; "
+                        "stopping and restoring the previous epoch.")
             self.model.set_weights(self._previous_weights)
             self.model.stop_training, self.collapsed_at = True, epoch + 1
             return
-        self.best = max(self.best, pgd_accuracy)
+        self.best, self.last = max(self.best, judged), judged
         self._remember(epoch)
 
 

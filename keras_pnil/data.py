@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_pnil import augmentation
+from keras_pnil.augmentation import check_augmentation
 from keras_pnil.pipeline import steady
 from keras_pnil.validation import check_choice, check_count, check_images, check_same_length
 
@@ -117,10 +119,12 @@ def _read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"Missing data file: {path}.")
     raw = _read_bytes(path)
     expected = _CIFAR_RECORDS_PER_FILE * _CIFAR_RECORD
-    if len(raw) != expected:
+    # The official files hold 10,000 records each; a smaller file of whole records (a subset, or synthetic
+    # test data in the same layout) is read as it is.
+    if len(raw) != expected and (not raw or len(raw) % _CIFAR_RECORD):
         raise DatasetError(
             f"Corrupt CIFAR-10 file {path}: {len(raw)} bytes, expected {expected} "
-            f"({_CIFAR_RECORDS_PER_FILE} records of {_CIFAR_RECORD} bytes)."
+            f"({_CIFAR_RECORDS_PER_FILE} records of {_CIFAR_RECORD} bytes), or a whole number of records."
         )
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
     labels = records[:, 0]
@@ -236,19 +240,25 @@ def five_by_two_folds(
 
 
 def make_dataset(x, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
-                 drop_remainder: bool = False):
+                 drop_remainder: bool = False, augment: str = "none"):
     """A shuffled, batched, prefetched `tf.data.Dataset` of `(x, y)`, with autotuning off (`pipeline.steady`).
 
-    The pipeline holds no Python generator, so `tf.distribute` strategies can
-    split its batches across replicas.
+    `augment` ("none" or "crop_flip", see `keras_pnil.augmentation`) transforms every batch, drawn
+    afresh each epoch from `seed`: give it to the training set only. The pipeline holds no Python
+    generator, so `tf.distribute` strategies can split its batches across replicas.
+
+    Example:
+        >>> ds = make_dataset(x_train, y_train, batch_size=128, seed=0, augment="crop_flip")  # doctest: +SKIP
     """
     check_images(x)
     check_same_length(x, y)
     check_count("batch_size", batch_size)
+    check_augmentation(augment)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return steady(ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE))
+    ds = augmentation.augment(ds.batch(batch_size, drop_remainder=drop_remainder), augment, seed)
+    return steady(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

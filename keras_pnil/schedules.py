@@ -1,4 +1,5 @@
-"""Learning rates: the paper's cyclical policy with Smith's range test, one cycle, per-layer multipliers."""
+"""Learning rates and optimizers: the paper's cyclical policy with Smith's range test, one cycle, per-layer
+multipliers, and PyTorch's SGD with coupled weight decay (the CIFAR-10 references')."""
 
 from __future__ import annotations
 
@@ -40,29 +41,42 @@ class CyclicalLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 class OneCycleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     """One triangle over the whole run: 0 → `max_lr` over the first `peak_fraction` of it, then back to 0.
 
-    Wong et al.'s MNIST schedule (peak at 2/5 of training).
+    The rate of update k (0-based) is the triangle at progress (k + `step_offset`) / `total_steps`.
+    Wong et al.'s MNIST schedule (`MNIST/train_mnist.py`) peaks at 2/5 and sets each update's rate
+    from the progress after it (`step_offset=1`); their CIFAR-10 schedule (`CIFAR10/train_fgsm.py`,
+    PyTorch's `CyclicLR` from 0 to 0.2 with half-cycles of half the run, stepped after every update)
+    peaks at 1/2 and gives update k the rate at progress k / `total_steps`, the first update at rate 0
+    (`peak_fraction=0.5, step_offset=0`).
 
     Args:
         max_lr: The peak rate (> 0).
         total_steps: Optimizer steps of the whole run (>= 1).
         peak_fraction: Where the peak lies, as a fraction of the run, in (0, 1).
+        step_offset: 1 (Wong et al.'s MNIST code) or 0 (PyTorch's `CyclicLR`).
+
+    Example:
+        >>> schedule = OneCycleLearningRate(0.2, total_steps=100, peak_fraction=0.5, step_offset=0)
+        >>> [round(float(schedule(k)), 3) for k in (0, 25, 50, 99)]
+        [0.0, 0.1, 0.2, 0.004]
     """
 
-    def __init__(self, max_lr: float, total_steps: int, peak_fraction: float = 0.4):
-        if not max_lr > 0 or not total_steps >= 1 or not 0 < peak_fraction < 1:
-            raise ValueError(f"Need max_lr > 0, total_steps >= 1 and 0 < peak_fraction < 1; got max_lr={max_lr!r}, "
-                             f"total_steps={total_steps!r}, peak_fraction={peak_fraction!r}.")
+    def __init__(self, max_lr: float, total_steps: int, peak_fraction: float = 0.4, step_offset: int = 1):
+        if not max_lr > 0 or not total_steps >= 1 or not 0 < peak_fraction < 1 or step_offset not in (0, 1):
+            raise ValueError(f"Need max_lr > 0, total_steps >= 1, 0 < peak_fraction < 1 and step_offset 0 or 1; got "
+                             f"max_lr={max_lr!r}, total_steps={total_steps!r}, peak_fraction={peak_fraction!r}, "
+                             f"step_offset={step_offset!r}.")
         self.max_lr, self.total_steps, self.peak_fraction = float(max_lr), int(total_steps), float(peak_fraction)
+        self.step_offset = int(step_offset)
 
     def __call__(self, step):
-        # Rate after `step + 1` updates, as Wong et al. set it before each of them.
-        progress = (ops.cast(step, "float32") + 1.0) / self.total_steps
+        progress = (ops.cast(step, "float32") + float(self.step_offset)) / self.total_steps
         rising = progress / self.peak_fraction
         falling = (1.0 - progress) / (1.0 - self.peak_fraction)
         return self.max_lr * ops.clip(ops.minimum(rising, falling), 0.0, 1.0)
 
     def get_config(self):
-        return {"max_lr": self.max_lr, "total_steps": self.total_steps, "peak_fraction": self.peak_fraction}
+        return {"max_lr": self.max_lr, "total_steps": self.total_steps, "peak_fraction": self.peak_fraction,
+                "step_offset": self.step_offset}
 
 
 class _LinearRamp(keras.callbacks.Callback):
@@ -121,36 +135,113 @@ def lr_range_test(model: keras.Model, dataset, min_lr: float = 1e-5, max_lr: flo
     return ramp.history, suggest_bounds(rates, losses)
 
 
-@keras.saving.register_keras_serializable(package="keras_pnil")
-class MultipliedAdam(keras.optimizers.Adam):
-    """Adam with the learning rate multiplied for some variables (for example the PNIL's).
+class _Multipliers:
+    """The learning rate multiplied for the variables whose path (`"pnil/kernel"`, ...) starts with a prefix.
 
-    Keras 3 has no per-variable learning rate, and scaling a variable's
-    gradient would change nothing: Adam divides the gradient by its own
-    running scale. So the multiplier is applied to the rate in Adam's update
-    of each variable whose path (`"pnil/kernel"`, ...) starts with a prefix.
-
-    Args:
-        multipliers: {variable-path prefix: factor > 0}, e.g. `{"pnil/": 10.0}`.
-        **kwargs: Adam's arguments (`learning_rate`, `beta_1`, ...).
+    Keras 3 has no per-variable learning rate, so an optimizer that mixes this in scales the rate its
+    `update_step` receives for each such variable.
     """
 
-    def __init__(self, multipliers: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
+    def _set_multipliers(self, multipliers: dict | None) -> None:
         self.multipliers = dict(multipliers or {})
         for prefix, factor in self.multipliers.items():
             if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
                 raise ValueError(f"Learning-rate multipliers must be positive numbers; got {prefix!r}: {factor!r}")
 
-    def build(self, var_list):
-        super().build(var_list)
+    def _set_factors(self, var_list) -> None:
         # By position: the backend hands `update_step` its own variable, which has lost the Keras path.
         self._factors = [next((f for prefix, f in self.multipliers.items() if v.path.startswith(prefix)), 1.0)
                          for v in var_list]
 
-    def update_step(self, gradient, variable, learning_rate):
+    def _rate(self, variable, learning_rate):
         factor = self._factors[self._get_variable_index(variable)]
-        return super().update_step(gradient, variable, learning_rate * factor if factor != 1.0 else learning_rate)
+        return learning_rate * factor if factor != 1.0 else learning_rate
+
+
+@keras.saving.register_keras_serializable(package="keras_pnil")
+class MultipliedAdam(_Multipliers, keras.optimizers.Adam):
+    """Adam with the learning rate multiplied for some variables (for example the PNIL's).
+
+    Scaling a variable's gradient would change nothing: Adam divides the
+    gradient by its own running scale. So the multiplier is applied to the
+    rate in Adam's update of each variable whose path starts with a prefix.
+
+    Args:
+        multipliers: {variable-path prefix: factor > 0}, e.g. `{"pnil/": 10.0}`.
+        **kwargs: Adam's arguments (`learning_rate`, `beta_1`, ...).
+
+    Example:
+        >>> optimizer = MultipliedAdam({"pnil/": 10.0}, learning_rate=1e-3)
+    """
+
+    def __init__(self, multipliers: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._set_multipliers(multipliers)
+
+    def build(self, var_list):
+        super().build(var_list)
+        self._set_factors(var_list)
+
+    def update_step(self, gradient, variable, learning_rate):
+        return super().update_step(gradient, variable, self._rate(variable, learning_rate))
 
     def get_config(self):
         return {**super().get_config(), "multipliers": self.multipliers}
+
+
+@keras.saving.register_keras_serializable(package="keras_pnil")
+class CoupledSGD(_Multipliers, keras.optimizers.SGD):
+    """SGD with momentum and L2 weight decay exactly as PyTorch's `torch.optim.SGD` (dampening 0, no Nesterov).
+
+    Each step, for every trainable variable p with gradient g:
+    g ← g + `weight_decay`·p; b ← `momentum`·b + g; p ← p − rate·b. Wong et al., de Jorge et al. and
+    Andriushchenko & Flammarion train their CIFAR-10 networks this way, with `weight_decay` 5e-4 on all
+    parameters (`model.parameters()`: weights, biases and BatchNorm's scale and offset alike).
+
+    Keras' own SGD differs twice: its `weight_decay` is decoupled (p ← p − rate·wd·p outside the
+    momentum), and its momentum buffer holds rate-scaled steps (v ← μv − rate·g), which equals PyTorch's
+    only while the rate is constant, never under a per-step cyclic rate. Here the decay is added to the
+    gradient (so it enters the momentum buffer, as PyTorch's coupled decay does) and the rate multiplies
+    the buffer at each step. The PNIL's rate multiplier applies as in `MultipliedAdam`.
+
+    Args:
+        multipliers: {variable-path prefix: factor > 0}, as `MultipliedAdam`'s.
+        learning_rate: A rate or a schedule.
+        momentum: μ in [0, 1).
+        weight_decay: The L2 coefficient (>= 0), added to the gradient as wd·p.
+
+    Example:
+        >>> optimizer = CoupledSGD(learning_rate=0.2, momentum=0.9, weight_decay=5e-4)
+    """
+
+    def __init__(self, multipliers: dict | None = None, learning_rate=0.01, momentum: float = 0.9,
+                 weight_decay: float = 0.0, **kwargs):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1). Received: momentum={momentum!r}")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+            raise ValueError(f"weight_decay must be a number >= 0. Received: weight_decay={weight_decay!r}")
+        if kwargs.get("nesterov"):
+            raise ValueError("CoupledSGD follows PyTorch's SGD without Nesterov momentum. Received: nesterov=True")
+        # Keras' own (decoupled) decay stays off: ours is coupled, in `update_step`.
+        super().__init__(learning_rate=learning_rate, momentum=float(momentum), **kwargs)
+        self.coupled_weight_decay = float(weight_decay)
+        self._set_multipliers(multipliers)
+
+    def build(self, var_list):
+        super().build(var_list)
+        self._set_factors(var_list)
+
+    def update_step(self, gradient, variable, learning_rate):
+        rate = ops.cast(self._rate(variable, learning_rate), variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if self.coupled_weight_decay:
+            gradient = ops.add(gradient, ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable))
+        if self.momentum == 0:
+            self.assign_sub(variable, ops.multiply(rate, gradient))
+            return
+        buffer = self.momentums[self._get_variable_index(variable)]
+        self.assign(buffer, ops.add(ops.multiply(buffer, ops.cast(self.momentum, variable.dtype)), gradient))
+        self.assign_sub(variable, ops.multiply(rate, buffer))
+
+    def get_config(self):
+        return {**super().get_config(), "multipliers": self.multipliers, "weight_decay": self.coupled_weight_decay}
