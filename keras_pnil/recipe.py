@@ -15,11 +15,13 @@ import tensorflow as tf
 
 from keras_pnil import models
 from keras_pnil.methods import get_method
-from keras_pnil.schedules import CyclicalLearningRate, MultipliedAdam, OneCycleLearningRate, lr_range_test
+from keras_pnil.schedules import (CoupledSGD, CyclicalLearningRate, MultipliedAdam, OneCycleLearningRate,
+                                  lr_range_test)
 from keras_pnil.training import AdversarialModel, adversarial
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
-LR_SCHEDULES = ("cyclical", "one_cycle")
+LR_SCHEDULES = ("cyclical", "one_cycle", "cyclic_lr")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def method_options(config: dict) -> dict:
@@ -30,24 +32,46 @@ def method_options(config: dict) -> dict:
 def build_trainer(config: dict) -> AdversarialModel:
     """The data set's network (with a PNIL first if asked), wrapped for the configured training method."""
     pnil = {"bias_initializer": keras.initializers.Constant(config["pnil_bias"])} if config["pnil"] else False
-    model = models.for_dataset(config["dataset"], pnil=pnil, seed=config["seed"], architecture=config["architecture"])
+    # A Wide ResNet's size is the run's `depth` and `width` (the other networks have one size).
+    size = {k: config[k] for k in ("depth", "width")} if config["architecture"] == "wide_resnet" else {}
+    model = models.for_dataset(config["dataset"], pnil=pnil, seed=config["seed"], architecture=config["architecture"],
+                               **size)
     return adversarial(model, config["method"], config["epsilon"], **method_options(config))
 
 
 def learning_rate(config: dict, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
     """The configured schedule: "cyclical" (the paper, after Smith: half-cycles of 2 epochs between
-    `base_lr` and `max_lr`) or "one_cycle" (Wong et al.: 0 → `max_lr` at 2/5 of the run → 0)."""
+    `base_lr` and `max_lr`), "one_cycle" (Wong et al.'s MNIST code: 0 → `max_lr` at 2/5 of the run → 0) or
+    "cyclic_lr" (Wong et al.'s CIFAR-10 code, PyTorch's `CyclicLR`: 0 → `max_lr` at the middle → 0, per step,
+    the first update at rate 0)."""
+    total_steps = config["epochs"] * steps_per_epoch
     if config["lr_schedule"] == "one_cycle":
-        return OneCycleLearningRate(config["max_lr"], total_steps=config["epochs"] * steps_per_epoch)
+        return OneCycleLearningRate(config["max_lr"], total_steps=total_steps)
+    if config["lr_schedule"] == "cyclic_lr":
+        return OneCycleLearningRate(config["max_lr"], total_steps=total_steps, peak_fraction=0.5, step_offset=0)
     return CyclicalLearningRate(config["base_lr"], config["max_lr"], step_size=2 * steps_per_epoch)
 
 
+def make_optimizer(schedule, pnil_lr_multiplier: float = 1.0, optimizer: str = "adam", momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """Adam (0.9, 0.999; the paper's) or "sgd": PyTorch's SGD with `momentum` and coupled L2 `weight_decay`
+    (`CoupledSGD`, the CIFAR-10 references'), with `schedule`, times `pnil_lr_multiplier` for the PNIL's W and B.
+
+    Example:
+        >>> make_optimizer(0.1, optimizer="sgd", weight_decay=5e-4).coupled_weight_decay
+        0.0005
+    """
+    multipliers = {"pnil/": pnil_lr_multiplier}
+    if optimizer == "sgd":
+        return CoupledSGD(multipliers, learning_rate=schedule, momentum=momentum, weight_decay=weight_decay)
+    return MultipliedAdam(multipliers, learning_rate=schedule, beta_1=0.9, beta_2=0.999)
+
+
 def compile_trainer(trainer: keras.Model, schedule: keras.optimizers.schedules.LearningRateSchedule,
-                    pnil_lr_multiplier: float = 1.0) -> None:
-    """Adam (0.9, 0.999) with `schedule` (times `pnil_lr_multiplier` for the PNIL's W and B), sparse
+                    pnil_lr_multiplier: float = 1.0, **optimizer_options) -> None:
+    """`make_optimizer`'s optimizer (Adam unless `optimizer_options` say otherwise) with `schedule`, sparse
     cross-entropy on logits, accuracy."""
-    trainer.compile(optimizer=MultipliedAdam({"pnil/": pnil_lr_multiplier}, learning_rate=schedule, beta_1=0.9,
-                                             beta_2=0.999),
+    trainer.compile(optimizer=make_optimizer(schedule, pnil_lr_multiplier, **optimizer_options),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
