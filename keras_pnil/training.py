@@ -26,14 +26,17 @@ __all__ = ["AdversarialModel", "adversarial", "get_perturbation", "METHODS", "Pe
            "RFGSM", "NFGSM", "PGD"]
 
 
-def get_perturbation(method: str, epsilon: float, **options) -> Method:
-    """The training method named `method` (a registered one), with its options validated.
+def get_perturbation(method: str, epsilon: float, norm: str = "linf", **options) -> Method:
+    """The training method named `method` (a registered one) in the `norm` ball of radius ε, with its options
+    validated (a method without a version in `norm` is refused, naming those that have one).
 
     Example:
         >>> get_perturbation("rfgsm", 0.3, alpha=0.375).alpha
         0.375
+        >>> get_perturbation("pgd", 2.0, norm="l2").threat.describe()
+        'L2 ε=2 (inputs in [0, 1])'
     """
-    return build(method, epsilon, **options)
+    return build(method, epsilon, norm, **options)
 
 
 def _check_input_range(x):
@@ -56,8 +59,8 @@ class AdversarialModel(keras.Model):
     """A functional Keras model that trains with a registered training method (`keras_pnil.methods`).
 
     Build it like any functional model, `AdversarialModel(inputs, outputs,
-    method="nfgsm", epsilon=8/255)`, or wrap an existing model with
-    `adversarial(model, ...)`. The model must output logits. Keras' own step
+    method="nfgsm", epsilon=8/255)` (`norm="l2"` for the L2 ball), or wrap an
+    existing model with `adversarial(model, ...)`. The model must output logits. Keras' own step
     trains on the method's batch (the perturbed images; the clean ones for
     TRADES), and the method's extra loss terms are added to Keras' loss and
     logged under their names (`gradalign`, `elle`, `trades_kl`). Validation
@@ -70,10 +73,12 @@ class AdversarialModel(keras.Model):
         >>> trainer = kp.AdversarialModel(inputs, outputs, method="gradalign", epsilon=0.3)  # doctest: +SKIP
     """
 
-    def __init__(self, *args, method: str = "nfgsm", epsilon: float = 8 / 255,
+    def __init__(self, *args, method: str = "nfgsm", epsilon: float = 8 / 255, norm: str = "linf",
                  perturbation: Method | None = None, method_options: dict | None = None, **kwargs):
+        # The method first: a bad method, norm or ε is reported before Keras builds anything.
+        perturbation = perturbation or get_perturbation(method, epsilon, norm, **(method_options or {}))
         super().__init__(*args, **kwargs)
-        self.perturbation = perturbation or get_perturbation(method, epsilon, **(method_options or {}))
+        self.perturbation = perturbation
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
         self.clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
         self.penalty_trackers = [keras.metrics.Mean(name=name) for name in self.perturbation.penalties]
@@ -195,7 +200,7 @@ class AdversarialModel(keras.Model):
         return self.plain_model().save(filepath, *args, **kwargs)
 
 
-def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 255,
+def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 255, norm: str = "linf",
                 **options) -> AdversarialModel:
     """An `AdversarialModel` sharing `model`'s layers and weights.
 
@@ -203,7 +208,11 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
         model: A built functional or `Sequential` model that outputs logits.
         method: A registered training method: "clean", "fgsm", "rfgsm", "nfgsm", "pgd", "gradalign", "elle",
             "trades" (see `keras_pnil.methods.METHODS`).
-        epsilon: L∞ radius for pixels in [0, 1].
+        epsilon: The radius of the `norm` ball for pixels in [0, 1]: an L∞ radius in (0, 1), an L2 radius any
+            positive number (it may exceed 1; MNIST's usual one is 2.0).
+        norm: "linf" (default) or "l2": rfgsm, nfgsm, pgd, fgsm and trades have an L2 version (normalised
+            gradient steps, the L2 ball's random start and projection); gradalign and elle refuse it (see each
+            method's docstring); clean records any norm.
         **options: The method's constructor keywords: `alpha` (rfgsm), `eot_samples` and
             `noise_multiplier` (nfgsm), `steps`, `step_size` and `early_stop` (pgd), `lam` (gradalign,
             elle), `beta`, `steps` and `step_size` (trades).
@@ -213,7 +222,9 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
         >>> trainer.compile(keras.optimizers.Adam(1e-3),
         ...                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # doctest: +SKIP
         >>> trainer.fit(x_train, y_train, epochs=10)  # doctest: +SKIP
+        >>> trainer = kp.adversarial(model, "rfgsm", 2.0, norm="l2")  # FGSM-RS in the L2 ball  # doctest: +SKIP
     """
+    perturbation = get_perturbation(method, epsilon, norm, **options)  # bad input first, before any work
     try:
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
@@ -223,8 +234,7 @@ def adversarial(model: keras.Model, method: str = "nfgsm", epsilon: float = 8 / 
             f"Model {model.name!r} has no defined inputs: build it with keras.Input "
             "(or call it on data) before making it adversarial."
         )
-    return AdversarialModel(*_bare(inputs, outputs), method=method, epsilon=epsilon,
-                            method_options=options, name=model.name)
+    return AdversarialModel(*_bare(inputs, outputs), perturbation=perturbation, name=model.name)
 
 
 def _bare(inputs, outputs) -> tuple:

@@ -4,7 +4,9 @@ A method is a `Method` (`base`): the inputs Keras' own train step trains on,
 and optional extra loss terms added under Keras' tape. Each module registers
 its method with `register` (`registry`), declaring its options; the train
 command's flags, the run configuration, validation and the cost model come
-from that registration.
+from that registration. A method with a version in other norms than L∞ lists
+them in `norms` (rfgsm, nfgsm, pgd, fgsm, trades: L2; clean: all); the others
+refuse `norm="l2"` in one line, naming those that have one.
 
 Example (a new method is one class and one registration):
     >>> import tensorflow as tf
@@ -22,7 +24,7 @@ Example (a new method is one class and one registration):
 """
 
 from keras_pnil.methods import clean, elle, fgsm, gradalign, nfgsm, pgd, rfgsm, trades  # noqa: F401 (registers)
-from keras_pnil.methods.base import Batch, Method, Penalty, uniform
+from keras_pnil.methods.base import Batch, Method, Penalty, uniform, uniform_ball
 from keras_pnil.methods.clean import Clean
 from keras_pnil.methods.elle import ELLE
 from keras_pnil.methods.fgsm import FGSM
@@ -39,6 +41,7 @@ from keras_pnil.methods.registry import (
     build,
     count,
     get_method,
+    methods_with_norm,
     optional_positive,
     positive,
     register,
@@ -47,6 +50,6 @@ from keras_pnil.methods.registry import (
 from keras_pnil.methods.rfgsm import RFGSM
 from keras_pnil.methods.trades import TRADES
 
-__all__ = ["Batch", "Method", "Penalty", "uniform", "Clean", "ELLE", "FGSM", "GradAlign", "NFGSM", "PGD", "RFGSM",
-           "TRADES", "GRADIENT_COST", "METHODS", "STEP_COST", "MethodSpec", "Option", "all_options", "build", "count",
-           "get_method", "optional_positive", "positive", "register", "switch"]
+__all__ = ["Batch", "Method", "Penalty", "uniform", "uniform_ball", "Clean", "ELLE", "FGSM", "GradAlign", "NFGSM",
+           "PGD", "RFGSM", "TRADES", "GRADIENT_COST", "METHODS", "STEP_COST", "MethodSpec", "Option", "all_options",
+           "build", "count", "get_method", "methods_with_norm", "optional_positive", "positive", "register", "switch"]

@@ -45,15 +45,22 @@ class ELLE(base.Method):
         epsilon: L∞ radius.
         lam: λ (default 10,000; see `DEFAULT_LAMBDA` for why, on MNIST).
 
+    L∞ only: `norm="l2"` is refused. ELLE draws its triples from the L∞
+    ball, trains on FGSM's sign step, and its λ (1,000 to 10,000) is set per
+    L∞ radius: the paper has no L2 experiment, and the size of the linearity
+    error, hence λ, changes with the ball. For L2 training use rfgsm, nfgsm,
+    pgd or trades.
+
     Example:
         >>> trainer = kp.adversarial(model, "elle", 0.3, lam=10000.0)  # doctest: +SKIP
     """
 
     name = "elle"
     penalties = ("elle",)
+    linf_only = "its triples, its FGSM step and its λ are defined and tuned for the L∞ ball only (Abad Rocamora et al.)"
 
-    def __init__(self, epsilon: float, lam: float = DEFAULT_LAMBDA):
-        super().__init__(epsilon)
+    def __init__(self, epsilon: float, lam: float = DEFAULT_LAMBDA, norm: str = "linf"):
+        super().__init__(epsilon, norm)  # refuses any other norm
         self.lam = check_positive("lam", lam)
 
     def __call__(self, model_fn, x, y):

@@ -47,6 +47,13 @@ class GradAlign(base.Method):
         epsilon: L∞ radius.
         lam: λ (default 2.0; see `DEFAULT_LAMBDA` for why, on MNIST).
 
+    L∞ only: `norm="l2"` is refused. The paper defines and tunes GradAlign
+    for the L∞ ball alone: η is drawn from the L∞ cube, and λ is set per L∞
+    radius (0.027 at 1/255 to 2.0 at 16/255); an L2 version would need an L2
+    noise and a λ schedule over L2 radii that nobody has calibrated, and a
+    guessed λ either does nothing or swamps the cross-entropy. For L2 training
+    use rfgsm, nfgsm, pgd or trades.
+
     Example:
         >>> trainer = kp.adversarial(model, "gradalign", 0.3, lam=2.0)  # doctest: +SKIP
         >>> trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # doctest: +SKIP
@@ -55,9 +62,10 @@ class GradAlign(base.Method):
 
     name = "gradalign"
     penalties = ("gradalign",)
+    linf_only = "its noise and its λ are defined and tuned for the L∞ ball only (Andriushchenko & Flammarion)"
 
-    def __init__(self, epsilon: float, lam: float = DEFAULT_LAMBDA):
-        super().__init__(epsilon)
+    def __init__(self, epsilon: float, lam: float = DEFAULT_LAMBDA, norm: str = "linf"):
+        super().__init__(epsilon, norm)  # refuses any other norm
         self.lam = check_positive("lam", lam)
 
     def prepare(self, model_fn, x, y) -> base.Batch:

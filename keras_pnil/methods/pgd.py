@@ -1,4 +1,4 @@
-"""PGD training (Madry et al.), with Wong et al.'s per-image early stop: the PGD attack's own loop."""
+"""PGD training (Madry et al.), L∞ or L2, with Wong et al.'s per-image early stop: the PGD attack's own loop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from keras_pnil.validation import check_count, check_positive
 
 
 class PGD(base.Method):
-    """k-step L∞ PGD with a random start (Madry et al.): the expensive baseline.
+    """k-step PGD with a random start (Madry et al.): the expensive baseline.
 
     The steps are the PGD attack's (`keras_pnil.attacks.pgd.signed_ascent`),
     and so is the default step (2ε/steps): training and evaluation mean the
@@ -21,23 +21,33 @@ class PGD(base.Method):
     (`MNIST/train_mnist.py`): early in training almost every image is already
     wrong, and the full attack keeps the model at chance.
 
+    L∞: start x + U(-ε, ε) clipped to [0, 1]; steps of α·sign(∇), each
+    clipped to the ε-ball and [0, 1]. L2 (`norm="l2"`, Madry et al.'s L2
+    PGD): start x + u, u uniform in the ε L2 ball (`base.uniform_ball`),
+    clipped to [0, 1] (which keeps it in the ball); steps of α·∇/‖∇‖₂, each
+    followed by the exact projection onto the L2 ball ∩ [0, 1] box: the
+    attack's L2 step and projection, not a copy.
+
     Example:
         >>> trainer = kp.adversarial(model, "pgd", 0.3, steps=10, early_stop=True)  # doctest: +SKIP
+        >>> trainer = kp.adversarial(model, "pgd", 2.0, norm="l2", steps=10)  # doctest: +SKIP
     """
 
     name = "pgd"
+    norms = ("linf", "l2")
 
-    def __init__(self, epsilon: float, steps: int = 7, step_size: float | None = None, early_stop: bool = False):
-        super().__init__(epsilon)
+    def __init__(self, epsilon: float, steps: int = 7, step_size: float | None = None, early_stop: bool = False,
+                 norm: str = "linf"):
+        super().__init__(epsilon, norm)
         self.steps = check_count("steps", steps)
         self.step_size = (default_step_size(self.epsilon, self.steps) if step_size is None
                           else check_positive("step_size", step_size))
         self.early_stop = bool(early_stop)
 
     def __call__(self, model_fn, x, y):
-        start = tf.clip_by_value(x + base.uniform(x, self.epsilon), 0.0, 1.0)
+        start = tf.clip_by_value(x + base.uniform_ball(x, self.epsilon, self.norm), 0.0, 1.0)
         return signed_ascent(loss_gradient(model_fn, cross_entropy_sum, y), x, start, self.epsilon, self.steps,
-                             self.step_size, early_stop=self.early_stop, unroll=True)
+                             self.step_size, early_stop=self.early_stop, unroll=True, threat=self.threat)
 
 
 register(MethodSpec(

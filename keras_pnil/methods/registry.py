@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from keras_pnil.methods.base import Method
+from keras_pnil.methods.base import Method, refusal
+from keras_pnil.threat import get_norm
 from keras_pnil.validation import check_choice, check_count, check_positive
 
 # A backward pass costs about two forward passes; costs count forward-pass equivalents per training image.
@@ -135,6 +136,11 @@ class MethodSpec:
             return self.keywords(values, epsilon)
         return {o.keyword or o.key: values[o.key] for o in self.options if o.keyword is not None}
 
+    @property
+    def norms(self) -> tuple[str, ...]:
+        """The norms the method has a version in (its class's `norms`; L∞ only for a plain builder)."""
+        return getattr(self.build, "norms", ("linf",))
+
     def training_cost(self, config: Mapping) -> float:
         """`cost` of the options in `config` (defaults for those it lacks)."""
         return self.cost({**self.defaults(), **{k: v for k, v in config.items() if k in self.defaults()}})
@@ -167,10 +173,33 @@ def all_options() -> list[Option]:
     return [o for spec in METHODS.values() for o in spec.options]
 
 
-def build(name: str, epsilon: float, **keywords) -> Method:
-    """The method `name` at radius ε with its constructor `keywords`, checked by the method itself."""
+def methods_with_norm(norm: str) -> list[str]:
+    """The registered methods that have a version in `norm`.
+
+    Example:
+        >>> methods_with_norm("l2")
+        ['clean', 'fgsm', 'nfgsm', 'pgd', 'rfgsm', 'trades']
+    """
+    return sorted(name for name, spec in METHODS.items() if norm in spec.norms)
+
+
+def check_norm(name: str, norm: str) -> str:
+    """`norm`'s name, after checking that it is a norm and that the method `name` has a version in it."""
+    spec, norm = get_method(name), get_norm(norm).name
+    if norm not in spec.norms:
+        reason = getattr(spec.build, "linf_only", Method.linf_only)
+        others = [m for m in methods_with_norm(norm) if m != "clean"]  # the adversarial ones
+        raise ValueError(refusal(name, norm, spec.norms, reason, others))
+    return norm
+
+
+def build(name: str, epsilon: float, norm: str = "linf", **keywords) -> Method:
+    """The method `name` in the `norm` ball of radius ε with its constructor `keywords`, checked by the method
+    itself (a norm it has no version in is refused first, naming those that have one)."""
     spec = get_method(name)
+    norm = check_norm(name, norm)
     try:
-        return spec.build(epsilon, **keywords)
+        # Only a method with a version in another norm takes `norm` (an L∞-only method need not know of it).
+        return spec.build(epsilon, **keywords, **({} if norm == "linf" else {"norm": norm}))
     except TypeError as err:
         raise ValueError(f"Bad option for method {name!r}: {err}") from None

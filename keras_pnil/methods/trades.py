@@ -6,6 +6,12 @@ projected to the ε-ball and [0, 1] (the PGD attack's own loop); the KL is
 summed over classes and averaged over the batch, and is differentiated through
 both f(x) and f(x′). Their MNIST script: β = 1, 40 steps of 0.01 at ε = 0.3.
 
+In L2 (`norm="l2"`) it follows their `trades_loss(distance='l_2')`: the same
+start, steps of (2ε/steps)·∇/‖∇‖₂ (their SGD on δ with lr 2ε/steps and the
+gradient renormalised per image), each followed by the box and the ε L2 ball
+(they clamp to [0, 1] and then renormalise δ, which may leave the box; here
+the exact projection onto the ball ∩ box, the PGD attack's).
+
 One departure: their code attacks the model in eval mode, we in training mode,
 as every method here does (the attack sees the network that is trained). For
 networks without batch norm or dropout (the MNIST networks here) the only
@@ -59,10 +65,11 @@ class TRADES(base.Method):
     metrics are clean ones; the KL term is logged as `trades_kl` (before β).
 
     Args:
-        epsilon: L∞ radius.
+        epsilon: The radius (L∞, or L2 with `norm="l2"`).
         beta: β (the authors' MNIST value, 1.0; CIFAR-10: 6.0).
-        steps: Sign steps of the KL attack (the authors' MNIST script: 40).
+        steps: Steps of the KL attack (the authors' MNIST script: 40).
         step_size: Its step (default: the PGD attack's 2ε/steps; the authors' MNIST script: 0.01 at ε = 0.3).
+        norm: "linf" (sign steps) or "l2" (normalised-gradient steps, the authors' `distance='l_2'`).
 
     Example:
         >>> trainer = kp.adversarial(model, "trades", 0.3, beta=1.0, steps=10)  # doctest: +SKIP
@@ -70,9 +77,11 @@ class TRADES(base.Method):
 
     name = "trades"
     penalties = ("trades_kl",)
+    norms = ("linf", "l2")
 
-    def __init__(self, epsilon: float, beta: float = 1.0, steps: int = 40, step_size: float | None = None):
-        super().__init__(epsilon)
+    def __init__(self, epsilon: float, beta: float = 1.0, steps: int = 40, step_size: float | None = None,
+                 norm: str = "linf"):
+        super().__init__(epsilon, norm)
         self.beta = check_positive("beta", beta)
         self.steps = check_count("steps", steps)
         self.step_size = (default_step_size(self.epsilon, self.steps) if step_size is None
@@ -82,7 +91,7 @@ class TRADES(base.Method):
         """x′: PGD on KL(f(x) ‖ f(x′)) from x + 0.001·N(0, 1)."""
         start = x + base.gaussian(x, START_SCALE)
         return tf.stop_gradient(signed_ascent(kl_gradient(model_fn, model_fn(x)), x, start, self.epsilon,
-                                              self.steps, self.step_size, unroll=True))
+                                              self.steps, self.step_size, unroll=True, threat=self.threat))
 
     def prepare(self, model_fn, x, y) -> base.Batch:
         return base.Batch(x, context=self.adversary(model_fn, x))
