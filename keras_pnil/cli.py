@@ -477,12 +477,12 @@ def reproduce_main(argv=None) -> int:
         reproduce.run_suite(suite, budget, datasets, args.runs, args.results, args.data_dir, Path(args.suite).stem,
                             report_only=True)
         return 0
-    throughput = {d: reproduce.forward_throughput(d, suite["datasets"][d].get("architecture"))
-                  for d in dict.fromkeys(s.dataset for s in specs)}
+    throughput = reproduce.measured_throughput(suite, budget, specs)
     seconds = reproduce.estimate_cost(suite, budget, specs, throughput)
     for dataset, cost in seconds.items():
+        rates = ", ".join(f"{a or 'default network'} {r:.0f} img/s" for (d, a), r in throughput.items() if d == dataset)
         print(f"estimate: {dataset}: {sum(s.dataset == dataset for s in specs)} runs, about {cost / 3600:.1f} h "
-              f"here (forward pass {throughput[dataset]:.0f} img/s measured now; a rough count of passes)")
+              f"here (forward pass measured now: {rates}; a rough count of passes)")
     if args.estimate_only:
         return 0
     reproduce.run_suite(suite, budget, datasets, args.runs, args.results, args.data_dir, Path(args.suite).stem)

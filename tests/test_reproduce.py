@@ -61,7 +61,7 @@ def test_suite_errors_name_the_problem(suite_file, tmp_path):
 def test_paper_budget_cost_is_estimated_before_starting():
     suite = reproduce.load_suite("table1")
     assert len(reproduce.grid(suite, "paper", ["mnist"])) == 40 and reproduce.forward_throughput("mnist") > 0
-    throughput = {"mnist": 1000.0}
+    throughput = reproduce.measured_throughput(suite, "quick", reproduce.grid(suite, "quick", ["mnist"]))
     quick = reproduce.estimate_cost(suite, "quick", reproduce.grid(suite, "quick", ["mnist"]), throughput)
     paper = reproduce.estimate_cost(suite, "paper", reproduce.grid(suite, "paper", ["mnist"]), throughput)
     assert paper["mnist"] > 100 * quick["mnist"]

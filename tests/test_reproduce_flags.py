@@ -27,7 +27,8 @@ def spied(monkeypatch, tmp_path):
     calls = {"run_suite": [], "throughput": []}
     monkeypatch.setattr(reproduce, "run_suite", lambda *args, **kwargs: calls["run_suite"].append((args, kwargs)))
     monkeypatch.setattr(reproduce, "forward_throughput",
-                        lambda dataset, architecture=None: calls["throughput"].append(dataset) or 1000.0)
+                        lambda dataset, architecture=None, batch_size=1000:
+                        calls["throughput"].append(dataset) or 1000.0)
 
     def run(*flags):
         assert cli.reproduce_main(["--suite", str(path), *flags]) == 0

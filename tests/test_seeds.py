@@ -102,3 +102,17 @@ def test_the_summary_has_a_collapsed_column_by_the_same_rule(tmp_path):
     assert summary.training_columns([spec], {spec.name: log}, {})[spec.name]["collapsed"] == "yes"
     log.write_text("epoch,val_loss,pgd_val_accuracy\n0,0.5,0.6\n1,0.4,0.8\n2,0.4,0.5\n")
     assert summary.training_columns([spec], {spec.name: log}, {})[spec.name]["collapsed"] == "no"
+
+
+def test_the_estimate_times_each_runs_own_network_at_its_batch_size(monkeypatch):
+    suite = reproduce.load_suite("co_study")
+    specs = reproduce.grid(suite, "full", ["mnist"])
+    measured = []
+    monkeypatch.setattr(reproduce, "forward_throughput",
+                        lambda dataset, architecture=None, batch_size=1000: measured.append(
+                            (dataset, architecture, batch_size)) or 1000.0)
+    rates = reproduce.measured_throughput(suite, "full", specs)
+    assert measured == [("mnist", "wong_mnist", 100)] and rates == {("mnist", "wong_mnist"): 1000.0}
+    slow = reproduce.estimate_cost(suite, "full", specs, rates)["mnist"]
+    fast = reproduce.estimate_cost(suite, "full", specs, {("mnist", "wong_mnist"): 4000.0})["mnist"]
+    assert slow == pytest.approx(4 * fast)
