@@ -153,9 +153,21 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=COUNT, help="train on a seeded random subset of this size")
     p.add_argument("--validation-size", type=COUNT, help="validate on this many of the test-set half")
     p.add_argument("--fold", type=FOLD, help="train on fold 0-9 of the 5×2 protocol (with --train-size: a subset)")
-    p.add_argument("--lr-schedule", choices=["cyclical", "one_cycle"],
-                   help="cyclical (the paper's, between --base-lr and --max-lr; default) or one_cycle "
-                        "(Wong et al.: 0 → --max-lr at 2/5 of training → 0)")
+    p.add_argument("--lr-schedule", choices=["cyclical", "one_cycle", "cyclic_lr"],
+                   help="cyclical (the paper's, between --base-lr and --max-lr; default), one_cycle "
+                        "(Wong et al.'s MNIST: 0 → --max-lr at 2/5 of training → 0) or cyclic_lr (Wong et al.'s "
+                        "CIFAR-10, PyTorch's CyclicLR: 0 → --max-lr at the middle of training → 0, per step)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"],
+                   help="adam (the paper's; default) or sgd (PyTorch's SGD, the CIFAR-10 references')")
+    p.add_argument("--momentum", type=float, help=f"sgd's momentum (default {d['momentum']})")
+    p.add_argument("--weight-decay", type=float,
+                   help="sgd's L2 weight decay on every trainable weight, coupled as PyTorch's (default 0; the "
+                        "CIFAR-10 references: 5e-4)")
+    p.add_argument("--augment", choices=["none", "crop_flip"],
+                   help="training-set augmentation: none (default) or crop_flip (pad 4, random crop, random "
+                        "horizontal flip: the CIFAR-10 references')")
+    p.add_argument("--depth", type=COUNT, help=f"wide_resnet's depth, 6n + 4 (default {d['depth']})")
+    p.add_argument("--width", type=COUNT, help=f"wide_resnet's widening factor (default {d['width']})")
     p.add_argument("--base-lr", type=POSITIVE, help=f"default {d['base_lr']}")
     p.add_argument("--max-lr", type=POSITIVE, help=f"default {d['max_lr']}")
     p.add_argument("--lr-range-test", action="store_true", help="pick the cyclical LR bounds with Smith's range test")
@@ -172,6 +184,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor-eot", type=COUNT,
                    help="EOT samples of the per-epoch PGD check on PNIL models (default 4)")
     p.add_argument("--early-stop", action="store_true", help="stop on catastrophic overfitting")
+    p.add_argument("--early-stop-rule", choices=["best", "wong"],
+                   help="with --early-stop: best (default: the validation PGD check falls 20 points below its best) "
+                        "or wong (Wong et al.'s CIFAR-10 rule: PGD-5 on a training batch falls 20 points below the "
+                        "previous epoch's)")
     p.add_argument("--checkpoint", choices=["best", "last"],
                    help="best: the lowest adversarial validation loss (default, the paper's); last: the final "
                         "weights (Wong et al.'s)")

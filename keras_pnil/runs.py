@@ -22,7 +22,14 @@ import numpy as np
 
 from keras_pnil import data as datasets
 from keras_pnil import jobs, loading, models, recipe, records
-from keras_pnil.callbacks import BestCheckpoint, CatastrophicOverfittingMonitor, ConvergenceStop, PNILStatistics
+from keras_pnil.augmentation import check_augmentation
+from keras_pnil.callbacks import (
+    STOP_RULES,
+    BestCheckpoint,
+    CatastrophicOverfittingMonitor,
+    ConvergenceStop,
+    PNILStatistics,
+)
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
 from keras_pnil.history import read_history
 from keras_pnil.layers import DEFAULT_BIAS, LOG_VARIANCE_RANGE, find_pnil
@@ -42,6 +49,9 @@ RUN_DEFAULTS = {
     "fold": None, "lr_schedule": "cyclical", "base_lr": 1e-4, "max_lr": 1e-3, "lr_range_test": False,
     "monitor_images": 200, "monitor_eot": 4, "early_stop": False, "checkpoint": "best", "pnil_lr_multiplier": 1.0,
     "pnil_bias": DEFAULT_BIAS, "patience": None, "min_delta": 0.0,
+    # The CIFAR-10 references' recipe (train/cifar10_*.json): augmentation, SGD, Wong et al.'s early stop, WRN size.
+    "augment": "none", "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "early_stop_rule": "best",
+    "depth": 34, "width": 10,
 }
 
 
@@ -66,7 +76,7 @@ TRAIN_DEFAULTS: Mapping = _TrainDefaults()  # every option of a training run, wi
 # "best": restore the weights of the lowest adversarial validation loss (the paper); "last": keep the final
 # weights, as Wong et al. do, so that a collapse at the end of training shows in the evaluated model.
 CHECKPOINTS = ("best", "last")
-_COUNTS = ("epochs", "batch_size", "monitor_images", "monitor_eot")
+_COUNTS = ("epochs", "batch_size", "monitor_images", "monitor_eot", "depth", "width")
 _OPTIONAL_COUNTS = ("train_size", "validation_size", "patience")  # patience: epochs (see ConvergenceStop)
 _POSITIVE = ("base_lr", "max_lr", "pnil_lr_multiplier")
 FOLDS = 10  # the 5×2 protocol
@@ -92,6 +102,9 @@ def training_config(options: dict) -> dict:
     check_choice("strategy", config["strategy"], recipe.STRATEGIES)
     check_choice("learning-rate schedule", config["lr_schedule"], recipe.LR_SCHEDULES)
     check_choice("checkpoint", config["checkpoint"], CHECKPOINTS)
+    check_augmentation(config["augment"])
+    check_choice("optimizer", config["optimizer"], recipe.OPTIMIZERS)
+    check_choice("early-stopping rule", config["early_stop_rule"], STOP_RULES)
     config["architecture"] = config["architecture"] or models.default_architecture(config["dataset"])
     check_choice("architecture", config["architecture"], models.ARCHITECTURES)
     epsilon = config["epsilon"]
@@ -114,11 +127,26 @@ def training_config(options: dict) -> dict:
                          f"got {config['pnil_bias']!r}.")
     if config["fold"] is not None and (check_count("fold", config["fold"], minimum=0) >= FOLDS):
         raise ValueError(f"fold must be one of 0-{FOLDS - 1} (the 5×2 protocol); got {config['fold']!r}.")
+    _check_optimizer(config)
+    if config["architecture"] == "wide_resnet" and (config["depth"] < 10 or (config["depth"] - 4) % 6):
+        raise ValueError(f"depth must be 6n + 4 for a Wide ResNet (28 and 34 are the usual); got {config['depth']}.")
     if config["max_lr"] < config["base_lr"]:
         raise ValueError(f"max_lr must be >= base_lr; got base_lr={config['base_lr']}, max_lr={config['max_lr']}.")
     config["method_options"] = recipe.method_options(config)
     get_method(config["method"]).build(config["epsilon"], **config["method_options"])  # the method's own checks
     return config
+
+
+def _check_optimizer(config: dict) -> None:
+    """SGD's momentum in [0, 1) and a weight decay >= 0, which only SGD takes (Adam's runs have none)."""
+    momentum, decay = config["momentum"], config["weight_decay"]
+    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}.")
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or decay < 0:
+        raise ValueError(f"weight_decay must be a number >= 0; got {decay!r}.")
+    if decay and config["optimizer"] != "sgd":
+        raise ValueError(f"weight_decay applies to optimizer 'sgd' (PyTorch's coupled L2 decay); got "
+                         f"weight_decay={decay} with optimizer {config['optimizer']!r}.")
 
 
 def is_finished(run) -> bool:
@@ -148,7 +176,22 @@ def _stored_lr_bounds(out: Path) -> dict:
     return {}
 
 
-def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> tuple[dict, str | None]:
+def stop_batches(config: dict, x_train, y_train, train_idx) -> list | None:
+    """The training images of an early-stopping rule with its own check (`STOP_RULES`), one batch per epoch.
+
+    Wong et al. attack each epoch's first training batch, a uniform draw from their shuffled set; here each
+    epoch's batch is drawn from the training images with the run's seed (before augmentation). None for a
+    rule that judges the validation check.
+    """
+    if STOP_RULES[config["early_stop_rule"]].steps is None:
+        return None
+    rng = np.random.default_rng([config["seed"], 1])
+    size = min(config["batch_size"], len(train_idx))
+    draws = (np.sort(rng.choice(train_idx, size, replace=False)) for _ in range(config["epochs"]))
+    return [(x_train[chosen], y_train[chosen]) for chosen in draws]
+
+
+def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path, stop_data=None) -> tuple[dict, str | None]:
     """Builds, compiles and fits the configured trainer with resume and checkpoint selection; saves the model.
 
     Returns the history and why training stopped before its planned epochs (None if it did not).
@@ -163,10 +206,12 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path) -> tuple[dict,
             atomic_write_text(out / LR_RANGE_TEST, "lr,loss\n" + "".join(f"{r},{v}\n" for r, v in history))
             log.info(f"LR range test suggests a cyclical rate in [{config['base_lr']:.2e}, {config['max_lr']:.2e}]")
         trainer = recipe.build_trainer(config)
-        recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch), config["pnil_lr_multiplier"])
+        recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch), config["pnil_lr_multiplier"],
+                               **{k: config[k] for k in ("optimizer", "momentum", "weight_decay")})
     atomic_write_json(out / CONFIG, config)
     monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
-                                             eot_samples=config["monitor_eot"], state_dir=out / MONITOR)
+                                             eot_samples=config["monitor_eot"], state_dir=out / MONITOR,
+                                             rule=STOP_RULES[config["early_stop_rule"]], stop_batches=stop_data)
     layer = find_pnil(trainer)
     convergence = ([ConvergenceStop(config["patience"], out / HISTORY, min_delta=config["min_delta"])]
                    if config["patience"] else [])
@@ -217,12 +262,14 @@ def train_run(config: dict, out, data=None) -> str:
     train_idx, val_idx = training_indices(config, len(x_train), len(x_test))
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
-    train_ds = datasets.make_dataset(x_train[train_idx], y_train[train_idx], config["batch_size"], seed=config["seed"])
+    train_ds = datasets.make_dataset(x_train[train_idx], y_train[train_idx], config["batch_size"], seed=config["seed"],
+                                     augment=config["augment"])  # the training set only
     val_ds = datasets.make_dataset(x_test[val_idx], y_test[val_idx], config["batch_size"], shuffle=False)
     config = {**config, "n_train": int(len(train_idx)), "validation_indices": val_idx.tolist()}
     monitor = val_idx[: config["monitor_images"]]
     start = time.time()
-    history, stop_reason = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out)
+    history, stop_reason = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out,
+                                stop_batches(config, x_train, y_train, train_idx))
     finished = len(read_history(out / HISTORY).get("epoch", []))
     if finished < config["epochs"] and stop_reason is None:
         raise RunError(f"{out}: training stopped after {finished} of {config['epochs']} epochs; "

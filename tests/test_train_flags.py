@@ -63,6 +63,14 @@ FLAGS = [
     (["--monitor-eot", "2"], "monitor_eot", 2),
     (["--early-stop"], "early_stop", True),
     (["--checkpoint", "last"], "checkpoint", "last"),
+    (["--lr-schedule", "cyclic_lr"], "lr_schedule", "cyclic_lr"),
+    (["--optimizer", "sgd"], "optimizer", "sgd"),
+    (["--momentum", "0.5"], "momentum", 0.5),
+    (["--optimizer", "sgd", "--weight-decay", "5e-4"], "weight_decay", 5e-4),
+    (["--augment", "crop_flip"], "augment", "crop_flip"),
+    (["--early-stop-rule", "wong"], "early_stop_rule", "wong"),
+    (["--depth", "28"], "depth", 28),
+    (["--width", "2"], "width", 2),
 ]
 
 
