@@ -121,6 +121,33 @@ def training_columns(specs, histories: dict, timings: dict) -> dict:
     return columns
 
 
+def published_markdown(published: dict, records) -> str:
+    """Each published row of a suite (its "published": {method: [rows]}) beside our runs of that method.
+
+    A row names its `source`, `settings` (network and training), `attack`, `clean` and `robust` (numbers
+    or text, percent) and the `column` of ours that measures the same thing ("pgd", "autoattack", ...).
+
+    Example:
+        >>> row = {"source": "Wong et al. 2020", "settings": "PreActResNet-18", "attack": "PGD-50x10",
+        ...        "clean": 86.06, "robust": 46.06, "column": "pgd"}
+        >>> print(published_markdown({"fgsm-rs": [row]}, [{"run": "runs/c", "method": "fgsm-rs", "pnil": False,
+        ...                                                 "clean": 0.85, "pgd": 0.44}]).splitlines()[2])
+        | fgsm-rs | Wong et al. 2020 | PreActResNet-18 | PGD-50x10 | 86.06 | 46.06 | c | 85.0 | 44.0 (PGD) |
+    """
+    lines = ["| method | published: source | settings | attack | clean | robust | ours: run | clean | robust |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method, rows in published.items():
+        ours = [r for r in records if r["method"] == method] or [None]
+        for row in rows:
+            for r in ours:
+                run, clean, robust = ("not run", "–", "–") if r is None else (
+                    Path(r["run"]).name, _percent(r["clean"]), f"{_percent(r.get(row['column']))} "
+                                                               f"({row['column'].upper()})")
+                lines.append(f"| {method} | {row['source']} | {row['settings']} | {row['attack']} | "
+                             f"{row['clean']} | {row['robust']} | {run} | {clean} | {robust} |")
+    return "\n".join(lines) + "\n"
+
+
 def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dict, tables: dict, specs,
                   histories: dict, planned: int | None = None) -> str:
     """The Markdown summary a reproduce run writes next to its tables and figures (`planned`: the grid's size,
@@ -145,6 +172,10 @@ def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dic
                      f"(`--report-only`); the suite resumes with the rest.\n")
     if suite.get("report", "table1") == "table1":
         parts += ["## Table 1\n", Path(tables["md"]).read_text()]
+    if suite.get("published"):
+        parts += ["## Published rows beside ours\n", "Percent. Ours: on this budget's images and attacks (above); "
+                  "a published row's own attack and images are in its row.\n",
+                  published_markdown(suite["published"], records)]
     if any(s.seed is not None for s in specs):
         parts += [
             "## Over seeds\n",
