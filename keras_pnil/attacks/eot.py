@@ -32,16 +32,93 @@ def cross_entropy_sum(y, logits):
         labels=tf.cast(y, tf.int32), logits=tf.cast(logits, tf.float32)))
 
 
+# Under float16 compute, a backward pass runs with each row's gradient at the logits scaled by a power of two
+# that brings its largest entry into [2^(E-1), 2^E), and each image's input gradient is scaled back in float32
+# (see `scaled_backward`). A confident model's cross-entropy gradient (1 - p ≈ 1e-6) and everything it
+# becomes on the way back to the pixels would otherwise underflow float16 (smallest normal 6.1e-5, smallest
+# value 6e-8), and sign(∇x) would be zero or noise; 2^E is about the per-image scale of Keras' own dynamic
+# loss scale (2^15 over a batch of a hundred or so), under float16's largest value (65504) for any network
+# whose backward pass does not grow a gradient by 2^7 per row.
+LOSS_SCALE_EXPONENT = 8
+
+
+def _power_of_two(exponent):
+    """2^exponent in float32, exactly (built from its bits), for integer exponents in [-126, 127]."""
+    return tf.bitcast(tf.bitwise.left_shift(tf.clip_by_value(exponent, -126, 127) + 127, 23), tf.float32)
+
+
+def _row_exponent(g):
+    """Per row of `g` (float32), the power of two that brings its largest |entry| into [2^(E-1), 2^E); 0 for a
+    zero row."""
+    peak = tf.reduce_max(tf.abs(tf.reshape(g, [tf.shape(g)[0], -1])), axis=1)
+    exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.bitcast(peak, tf.int32), 23), 255) - 126
+    return tf.stop_gradient(tf.where(peak > 0, tf.clip_by_value(LOSS_SCALE_EXPONENT - exponent, -126, 126), 0))
+
+
+def _rows(values, like):
+    return tf.reshape(values, tf.concat([tf.shape(values), tf.ones(tf.rank(like) - 1, tf.int32)], 0))
+
+
+def computes_in_float16(model) -> bool:
+    """Whether any layer of `model` computes in float16 (a `mixed_float16` policy, global or its own)."""
+    layers = model._flatten_layers() if hasattr(model, "_flatten_layers") else ()
+    return any(getattr(layer, "compute_dtype", None) == "float16" for layer in layers)
+
+
+def scaled_backward(call, x, float16: bool | None = None):
+    """`call(x)` as float32 scores whose backward pass is loss-scaled per row when the model computes in float16.
+
+    Forward, nothing changes. Backward, each row's gradient at the scores is
+    multiplied by a power of two (`LOSS_SCALE_EXPONENT`) on its way into the
+    float16 network and divided by it again, in float32, where it leaves at
+    `x`: exact (powers of two), per row (a confident image's tiny gradient
+    is raised as much as it needs, a misclassified one's not past float16's
+    range), whatever loss the caller differentiates, and differentiable again
+    (GradAlign differentiates an input gradient for the weights). `float16`
+    defaults to: `call` is a model (or a model's method) with a float16 layer, else its scores are float16.
+    Rows of `x` and of the scores must correspond (one image each).
+
+    Example:
+        >>> scores = scaled_backward(model, x)  # as tf.cast(model(x), tf.float32), with float16-safe gradients
+    """
+    if float16 is None:
+        owner = getattr(call, "__self__", call)  # a model, or a model's bound method (a trainer's `_model_fn`)
+        float16 = computes_in_float16(owner) if isinstance(owner, keras.layers.Layer) else None
+    if float16 is False:
+        return tf.cast(call(x), tf.float32)
+    exponents = {}  # set by the scores' gradient, read by the input's, which comes later in the same backward pass
+
+    @tf.custom_gradient
+    def enter(t):
+        def grad(g):
+            return g * _rows(_power_of_two(-exponents["value"]), g) if "value" in exponents else g
+        return tf.identity(t), grad
+
+    @tf.custom_gradient
+    def leave(t):
+        def grad(g):
+            exponents["value"] = _row_exponent(g)
+            return g * _rows(_power_of_two(exponents["value"]), g)
+        return tf.identity(t), grad
+
+    scores = call(enter(x))
+    if float16 or scores.dtype == tf.float16:  # a bare callable's scores tell
+        return leave(tf.cast(scores, tf.float32))
+    return tf.cast(scores, tf.float32)
+
+
 def input_gradient(model_fn, x, y, samples: int = 1):
     """∇x of the cross-entropy summed over `samples` independent draws of the model's noise.
 
     The batch is tiled `samples` times and run in one pass, so L gradient
     samples cost one (larger) forward-backward pass, not L Python iterations.
+    Under float16 compute (Keras' `mixed_float16`) the backward pass is loss-scaled per image
+    (`scaled_backward`), so sign(∇x) does not underflow to zero.
     """
     xt, yt = (x, y) if samples == 1 else (tile(x, samples), tile(y, samples))
     with tf.GradientTape() as tape:
         tape.watch(xt)
-        loss = cross_entropy_sum(yt, model_fn(xt))
+        loss = cross_entropy_sum(yt, scaled_backward(model_fn, xt))
     grad = tape.gradient(loss, xt)
     if samples > 1:
         grad = tf.reduce_sum(tf.reshape(grad, tf.concat([[samples], tf.shape(x)], 0)), 0)
@@ -149,13 +226,14 @@ class EOT:
         behaviour = _behaviour(model, images)
         self.model, self.random, self.probabilities = model, behaviour.random, behaviour.probabilities
         self.samples = resolve_eot_samples(model, samples, behaviour.random)
+        self.float16 = computes_in_float16(model)  # then gradients through it are loss-scaled (`scaled_backward`)
         if self.probabilities and first_notice_of_probabilities(model):
             warnings.warn(f"Model {model.name!r} outputs probabilities (rows sum to 1), not logits: attacking "
                           "their logarithms. Models should output logits.", stacklevel=3)
 
     def draws(self, x):
         """Logits of each draw, shaped [samples, batch, classes]."""
-        outputs = tf.cast(self.model(tile(x, self.samples), training=False), tf.float32)
+        outputs = scaled_backward(lambda t: self.model(t, training=False), tile(x, self.samples), self.float16)
         if self.probabilities:
             outputs = tf.math.log(tf.maximum(outputs, 1e-30))  # log(0) would make every loss infinite
         return tf.reshape(outputs, [self.samples, tf.shape(x)[0], -1])
