@@ -141,14 +141,15 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     attacks without EOT shows as a gap between the two. With a `state_dir`,
     the best and last accuracy so far and the previous epoch's weights are
     kept on disk, so a collapse that spans a resumed run is still seen (and undone).
+    The PGD runs in the ε-ball of `norm` (the run's: "linf" or "l2").
     """
 
     def __init__(self, x, y, epsilon: float, steps: int = 10, eot_samples: int = 4,
                  early_stop: bool = False, drop: float = 0.2, state_dir=None, rule: StopRule | None = None,
-                 stop_batches=None):
+                 stop_batches=None, norm: str = "linf"):
         super().__init__()
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y)
-        self.epsilon, self.steps, self.eot_samples = epsilon, steps, eot_samples
+        self.epsilon, self.steps, self.eot_samples, self.norm = epsilon, steps, eot_samples, norm
         self.early_stop, self.rule = early_stop, rule or StopRule(drop=drop)
         if self.rule.steps is not None and stop_batches is None:
             raise ValueError("A stop rule with its own PGD check needs stop_batches: one (x, y) batch of training "
@@ -190,7 +191,8 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         atomic_write_json(self.state_dir / "state.json", {"best": self.best, "last": self.last, "epoch": epoch + 1})
 
     def _pgd_accuracy(self, x, y, eot_samples: int, steps: int, step_size: float | None = None) -> float:
-        x_adv = pgd(self.model, x, y, self.epsilon, steps=steps, step_size=step_size, eot_samples=eot_samples)
+        x_adv = pgd(self.model, x, y, self.epsilon, steps=steps, step_size=step_size, eot_samples=eot_samples,
+                    norm=self.norm)
         return correctness.accuracy(self.model, x_adv, y)
 
     def _rule_accuracy(self, epoch: int, eot_samples: int, logs: dict | None) -> float | None:

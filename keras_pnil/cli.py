@@ -81,6 +81,9 @@ NONNEGATIVE = _flag_type(lambda t: _int(t, 0), "non-negative integer")
 POSITIVE = _flag_type(_positive_float, "positive number")
 FOLD = _flag_type(_fold, "fold")
 EPSILON = _flag_type(parse_epsilon, "epsilon")
+# A radius as typed ('8/255', '2'): a positive number now, checked against the norm (which may come later on the
+# line or from --config) by `_training_epsilon`.
+RADIUS_TEXT = _flag_type(lambda text: parse_radius(text) and text, "epsilon")
 ATTACK_NAMES = _flag_type(check_attack_names, "attacks")
 
 
@@ -142,7 +145,13 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=sorted(METHODS),
                    help=f"default {d['method']}; " + "; ".join(f"{n}: {m.about}" for n, m in METHODS.items()))
     p.add_argument("--pnil", action=argparse.BooleanOptionalAction, help="put a PNIL first")
-    p.add_argument("--epsilon", type=EPSILON, help="L∞ radius, e.g. 8/255 (default: the data set's)")
+    p.add_argument("--epsilon", type=RADIUS_TEXT,
+                   help="the radius for pixels in [0, 1]: L∞ in (0, 1), e.g. 8/255 (default: the data set's); L2 any "
+                        "positive number, e.g. 2.0 (required with --norm l2)")
+    p.add_argument("--norm", choices=list(NORMS),
+                   help="the threat model's norm (default linf): l2 trains rfgsm (FGSM-RS), nfgsm (N-FGSM), pgd, fgsm "
+                        "and trades with normalised-gradient steps in the L2 ball; gradalign and elle are L∞ only; "
+                        "keras-pnil-evaluate then attacks the run in this norm")
     p.add_argument("--epochs", type=COUNT, help=f"default {d['epochs']}")
     p.add_argument("--batch-size", type=COUNT, help=f"default {d['batch_size']}")
     p.add_argument("--seed", type=NONNEGATIVE, help=f"default {d['seed']}")
@@ -210,7 +219,8 @@ def _add_option_flag(parser, option: Option) -> None:
 
 @_command
 def train_main(argv=None) -> int:
-    args = vars(train_parser().parse_args(argv))
+    parser = train_parser()
+    args = vars(parser.parse_args(argv))
     out, force, config_file = Path(args.pop("out")), args.pop("force"), args.pop("config", None)
     args.pop("debug")
     if runs.is_finished(out) and not force:
@@ -222,8 +232,20 @@ def train_main(argv=None) -> int:
         raise ValueError(f"cannot read config {config_file}: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"config {config_file} is not valid JSON: {err}") from None
+    if "epsilon" in args:
+        args["epsilon"] = _training_epsilon(parser, args["epsilon"], args.get("norm", defaults.get("norm", "linf")))
     print(runs.train_run(runs.training_config({**defaults, **args}), out))
     return 0
+
+
+def _training_epsilon(parser, text: str, norm) -> float | str:
+    """--epsilon checked against the run's norm, as a flag error (an unknown norm is left to the configuration)."""
+    if norm not in NORMS:
+        return text
+    try:
+        return runs.training_epsilon(text, norm)
+    except ValueError as err:
+        parser.error(f"argument --epsilon: {str(err).rstrip('.')}")
 
 
 # ---------------------------------------------------------------- keras-pnil-evaluate
@@ -303,9 +325,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=RADIUS, default=None,
                    help="the radius in the units of the model's inputs, e.g. 8/255 for L∞ on [0, 1], 0.5 for L2 "
                         "(required for model files; default for runs: the training ε)")
-    p.add_argument("--norm", choices=list(NORMS), default="linf",
-                   help="the threat model's norm (default linf): l2 and l1 run every attack's version in that norm "
-                        "(SPSA is L∞ only; Square has no L1 version)")
+    p.add_argument("--norm", choices=list(NORMS), default=None,
+                   help="the threat model's norm of model files (default linf): l2 and l1 run every attack's version "
+                        "in that norm (SPSA is L∞ only; Square has no L1 version). A training run is evaluated in the "
+                        "norm it was trained in (its config's; L∞ runs with the paper's budget, others with "
+                        "AutoAttack's); a different --norm on a run is an error")
     p.add_argument("--bounds", type=BOUNDS, default=None, metavar="LO,HI",
                    help="the range of the model's inputs, e.g. 0,255 or -1,1 (default 0,1); ε is in these units, "
                         "and --dataset images are mapped from [0, 1] onto it")
@@ -323,8 +347,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _request(args, model_files: bool) -> PlanRequest:
-    """The plan request: a plan file or a preset, then the common flags and every --set."""
+def _request(args, autoattack: bool) -> PlanRequest:
+    """The plan request: a plan file or a preset (default: AutoAttack's budget if `autoattack`, else the paper's),
+    then the common flags and every --set."""
     if args.plan:
         try:
             request = PlanRequest.from_dict(read_json(args.plan))
@@ -335,7 +360,7 @@ def _request(args, model_files: bool) -> PlanRequest:
         if args.budget:
             raise ValueError("--plan and --budget both choose a starting plan; give one of them")
     else:
-        request = PlanRequest.from_preset(args.budget or ("autoattack" if model_files else "paper"))
+        request = PlanRequest.from_preset(args.budget or ("autoattack" if autoattack else "paper"))
     if args.attacks:
         request = request.with_attacks(args.attacks)
     common = {"num_images": args.num_images, "eot_samples": args.eot_samples, "seed": args.seed}
@@ -365,7 +390,7 @@ def _jobs(args, paths, request: PlanRequest, images) -> list:
         if targets.is_model_file(path) or args.data:
             epsilon = args.epsilon or runs.check_run(path)["epsilon"]
             prepared.append(targets.file_job(targets.model_path(path), images[:2], images[2], request, epsilon,
-                                             output=args.output, name=path.stem, norm=args.norm,
+                                             output=args.output, name=path.stem, norm=args.norm or "linf",
                                              bounds=args.bounds or (0.0, 1.0)))
         else:
             prepared.append(runs.run_job(path, request, cache, epsilon=args.epsilon, data_dir=args.data_dir))
@@ -392,9 +417,11 @@ def _estimate(prepared) -> float:
 def evaluate_main(argv=None) -> int:
     parser = evaluate_parser()
     args = parser.parse_args(argv)
-    if args.epsilon is not None:  # checked against the norm and range, which come after it on the line
+    model_files_only = args.data or all(targets.is_model_file(Path(t)) for t in args.targets)
+    # Checked against the norm and range, which come after it on the line (a run's norm is its own: checked then).
+    if args.epsilon is not None and (args.norm or model_files_only):
         try:
-            check_epsilon(args.epsilon, norm=args.norm, bounds=args.bounds or (0.0, 1.0))
+            check_epsilon(args.epsilon, norm=args.norm or "linf", bounds=args.bounds or (0.0, 1.0))
         except ValueError as err:
             parser.error(f"argument --epsilon: {str(err).rstrip('.')}")
     out, paths = Path(args.out), [Path(t) for t in args.targets]
@@ -406,10 +433,16 @@ def evaluate_main(argv=None) -> int:
     if files and not (args.data or args.dataset):
         raise ValueError(f"a model file ({files[0]}) needs images: --dataset NAME or --data FILE.npz")
     run_dirs = [p for p in paths if p not in files and not args.data]
-    if run_dirs and (args.norm != "linf" or args.bounds):
-        raise ValueError(f"--norm and --bounds apply to model files; a training run ({run_dirs[0]}) is evaluated "
-                         "in its own threat model (L∞ on [0, 1])")
-    request = _request(args, bool(files))
+    if run_dirs and args.bounds:
+        raise ValueError(f"--bounds applies to model files; a training run ({run_dirs[0]}) is evaluated on its own "
+                         "inputs, in [0, 1]")
+    run_norms = {p: runs.run_norm(runs.check_run(p)) for p in run_dirs}
+    other = next((p for p, norm in run_norms.items() if args.norm and norm != args.norm), None)
+    if other is not None:
+        raise ValueError(f"{other} was trained in {run_norms[other]} and is evaluated in its own norm: drop --norm "
+                         f"{args.norm} (to attack it in another, evaluate its model file: {other / runs.MODEL} "
+                         f"--norm {args.norm} --epsilon E --dataset NAME)")
+    request = _request(args, bool(files) or any(norm != "linf" for norm in run_norms.values()))
     targets.import_custom_objects(args.custom_objects)
     try:
         prepared = _jobs(args, paths, request, _user_images(args, request))

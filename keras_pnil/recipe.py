@@ -36,7 +36,7 @@ def build_trainer(config: dict) -> AdversarialModel:
     size = {k: config[k] for k in ("depth", "width")} if config["architecture"] == "wide_resnet" else {}
     model = models.for_dataset(config["dataset"], pnil=pnil, seed=config["seed"], architecture=config["architecture"],
                                **size)
-    return adversarial(model, config["method"], config["epsilon"], **method_options(config))
+    return adversarial(model, config["method"], config["epsilon"], config.get("norm", "linf"), **method_options(config))
 
 
 def learning_rate(config: dict, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:

@@ -33,9 +33,11 @@ from keras_pnil.callbacks import (
 from keras_pnil.files import atomic_write_json, atomic_write_text, read_json
 from keras_pnil.history import read_history
 from keras_pnil.layers import DEFAULT_BIAS, LOG_VARIANCE_RANGE, find_pnil
-from keras_pnil.methods import METHODS, all_options, get_method
+from keras_pnil.methods import METHODS, all_options
+from keras_pnil.methods import build as build_method
 from keras_pnil.plan import PlanRequest
-from keras_pnil.validation import check_choice, check_count, check_positive, parse_epsilon
+from keras_pnil.threat import NORMS, get_norm
+from keras_pnil.validation import check_choice, check_count, check_epsilon, check_positive, parse_epsilon, parse_radius
 
 log = logging.getLogger("keras_pnil")
 CONFIG, MODEL, DONE, HISTORY = "config.json", "model.keras", "done.json", "history.csv"
@@ -52,6 +54,7 @@ RUN_DEFAULTS = {
     # The CIFAR-10 references' recipe (train/cifar10_*.json): augmentation, SGD, Wong et al.'s early stop, WRN size.
     "augment": "none", "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "early_stop_rule": "best",
     "depth": 34, "width": 10,
+    "norm": "linf",  # the threat model's norm: the training method's ball, and the norm the run is evaluated in
 }
 
 
@@ -107,8 +110,8 @@ def training_config(options: dict) -> dict:
     check_choice("early-stopping rule", config["early_stop_rule"], STOP_RULES)
     config["architecture"] = config["architecture"] or models.default_architecture(config["dataset"])
     check_choice("architecture", config["architecture"], models.ARCHITECTURES)
-    epsilon = config["epsilon"]
-    config["epsilon"] = datasets.DEFAULT_EPSILON[config["dataset"]] if epsilon is None else parse_epsilon(epsilon)
+    check_choice("norm", config["norm"], NORMS)
+    config["epsilon"] = training_epsilon(config["epsilon"], config["norm"], config["dataset"])
     for key in _COUNTS:
         check_count(key, config[key])
     for key in (k for k in _OPTIONAL_COUNTS if config[k] is not None):
@@ -133,8 +136,31 @@ def training_config(options: dict) -> dict:
     if config["max_lr"] < config["base_lr"]:
         raise ValueError(f"max_lr must be >= base_lr; got base_lr={config['base_lr']}, max_lr={config['max_lr']}.")
     config["method_options"] = recipe.method_options(config)
-    get_method(config["method"]).build(config["epsilon"], **config["method_options"])  # the method's own checks
+    # The method's own checks, and whether it has a version in the norm.
+    build_method(config["method"], config["epsilon"], config["norm"], **config["method_options"])
     return config
+
+
+def training_epsilon(value, norm: str = "linf", dataset: str = "mnist") -> float:
+    """A run's ε in its `norm` from '8/255', '0.3' or a number: an L∞ radius in (0, 1), an L2 radius any
+    positive number (it may exceed 1); None: the data set's L∞ default (other norms have none).
+
+    Example:
+        >>> training_epsilon("2", "l2")
+        2.0
+    """
+    if value is None:
+        if norm != "linf":
+            raise ValueError(f"epsilon is required with norm {norm}: the data set's default "
+                             f"({datasets.DEFAULT_EPSILON[dataset]:.4g}) is an L∞ radius (e.g. epsilon 2.0, "
+                             "MNIST's usual L2 radius).")
+        return datasets.DEFAULT_EPSILON[dataset]
+    return parse_epsilon(value) if norm == "linf" else check_epsilon(parse_radius(value), norm=norm)
+
+
+def run_norm(config: Mapping) -> str:
+    """The norm a run was trained in, and is evaluated in: its configuration's (runs before norms: L∞)."""
+    return config.get("norm", "linf")
 
 
 def _check_optimizer(config: dict) -> None:
@@ -209,7 +235,8 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path, stop_data=None
         recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch), config["pnil_lr_multiplier"],
                                **{k: config[k] for k in ("optimizer", "momentum", "weight_decay")})
     atomic_write_json(out / CONFIG, config)
-    monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], early_stop=config["early_stop"],
+    monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], norm=config["norm"],
+                                             early_stop=config["early_stop"],
                                              eot_samples=config["monitor_eot"], state_dir=out / MONITOR,
                                              rule=STOP_RULES[config["early_stop_rule"]], stop_batches=stop_data)
     layer = find_pnil(trainer)
@@ -276,7 +303,8 @@ def train_run(config: dict, out, data=None) -> str:
                        "not marked finished (run the command again to resume)")
     last = {k: float(v[-1]) for k, v in history.items()}
     summary = (f"{config['dataset']} {config['method']}{' +PNIL' if config['pnil'] else ''} "
-               f"ε={config['epsilon']:.4g}: {len(history.get('loss', []))} epochs this session in "
+               f"{get_norm(config['norm']).title} ε={config['epsilon']:.4g}: {len(history.get('loss', []))} epochs "
+               f"this session in "
                f"{time.time() - start:.0f}s; val clean acc {last.get('val_clean_accuracy', float('nan')):.4f}, "
                f"val adv acc {last.get('val_accuracy', float('nan')):.4f}, "
                f"PGD acc {last.get('pgd_val_accuracy', float('nan')):.4f}; model in {out / MODEL}")
@@ -333,10 +361,12 @@ def evaluation_images(config: dict, data, num_images: int, seed: int) -> tuple[n
 def run_job(run, request: PlanRequest, data_cache: dict, *, epsilon: float | None = None, data_dir=None,
             label: str | None = None) -> jobs.Job:
     """One training run as an evaluation job, on `request`'s number of images it neither trained nor
-    validated on (seeded by the request's seed; see `evaluation_images`), at its training ε unless `epsilon`.
+    validated on (seeded by the request's seed; see `evaluation_images`), at its training ε unless `epsilon`,
+    in the norm it was trained in (`run_norm`).
 
-    `label` names the training method in the record (default: the run's method), for suites that vary
-    its options; `data_cache` keeps each data set loaded once.
+    `label` names the training method in the record (default: the run's method, with `-l2` for a run in
+    another norm than L∞, so its row is never read beside the paper's L∞ numbers); `data_cache` keeps each
+    data set loaded once.
     """
     run = Path(run)
     config, model = load_run(run)
@@ -344,10 +374,13 @@ def run_job(run, request: PlanRequest, data_cache: dict, *, epsilon: float | Non
     if dataset not in data_cache:
         data_cache[dataset] = datasets.load_dataset(dataset, data_dir)
     x, y = evaluation_images(config, data_cache[dataset], request.values["num_images"], request.values["seed"])
-    about = {"kind": "run", "dataset": dataset, "method": label or config["method"], "pnil": config["pnil"],
+    norm = run_norm(config)
+    method = label or (config["method"] + ("" if norm == "linf" else f"-{norm}"))
+    about = {"kind": "run", "dataset": dataset, "method": method, "pnil": config["pnil"], "norm": norm,
              "run": str(run), "n_train": config.get("n_train", 1), "n_test": config.get("n_train", 1),
              "fold": config.get("fold") or 0}
-    return jobs.prepare(run.name, model, x, y, request, epsilon or config["epsilon"], about, training_budget(config))
+    return jobs.prepare(run.name, model, x, y, request, epsilon or config["epsilon"], about, training_budget(config),
+                        norm=norm)
 
 
 def evaluate_run(run, request: PlanRequest, out, data_cache: dict, *, epsilon: float | None = None, data_dir=None,

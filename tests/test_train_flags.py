@@ -33,6 +33,7 @@ FLAGS = [
     (["--pnil"], "pnil", True),
     (["--epsilon", "0.1"], "epsilon", 0.1),
     (["--epsilon", "4/255"], "epsilon", 4 / 255),
+    (["--norm", "l2", "--epsilon", "2"], "norm", "l2"),
     (["--epochs", "3"], "epochs", 3),
     (["--batch-size", "50"], "batch_size", 50),
     (["--seed", "7"], "seed", 7),
