@@ -22,6 +22,8 @@ from keras_pnil.training import AdversarialModel, adversarial
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("cyclical", "one_cycle", "cyclic_lr")
 OPTIMIZERS = ("adam", "sgd")
+# PyTorch's CyclicLR cycles SGD's momentum by default (cycle_momentum=True, base_momentum=0.8, max_momentum=0.9).
+CYCLIC_BASE_MOMENTUM = 0.8
 
 
 def method_options(config: dict) -> dict:
@@ -52,10 +54,20 @@ def learning_rate(config: dict, steps_per_epoch: int) -> keras.optimizers.schedu
     return CyclicalLearningRate(config["base_lr"], config["max_lr"], step_size=2 * steps_per_epoch)
 
 
+def optimizer_options(config: dict) -> dict:
+    """`make_optimizer`'s keywords from a run configuration: under the "cyclic_lr" schedule (PyTorch's
+    `CyclicLR`), SGD's momentum cycles as `CyclicLR` cycles it by default, from `momentum` at rate 0 to
+    `CYCLIC_BASE_MOMENTUM` at the peak."""
+    cycled = config["optimizer"] == "sgd" and config["lr_schedule"] == "cyclic_lr"
+    return {"optimizer": config["optimizer"], "momentum": config["momentum"], "weight_decay": config["weight_decay"],
+            "base_momentum": CYCLIC_BASE_MOMENTUM if cycled else None}
+
+
 def make_optimizer(schedule, pnil_lr_multiplier: float = 1.0, optimizer: str = "adam", momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+                   weight_decay: float = 0.0, base_momentum: float | None = None) -> keras.optimizers.Optimizer:
     """Adam (0.9, 0.999; the paper's) or "sgd": PyTorch's SGD with `momentum` and coupled L2 `weight_decay`
-    (`CoupledSGD`, the CIFAR-10 references'), with `schedule`, times `pnil_lr_multiplier` for the PNIL's W and B.
+    (`CoupledSGD`, the CIFAR-10 references'; cycled down to `base_momentum` at the schedule's peak if given),
+    with `schedule`, times `pnil_lr_multiplier` for the PNIL's W and B.
 
     Example:
         >>> make_optimizer(0.1, optimizer="sgd", weight_decay=5e-4).coupled_weight_decay
@@ -63,7 +75,8 @@ def make_optimizer(schedule, pnil_lr_multiplier: float = 1.0, optimizer: str = "
     """
     multipliers = {"pnil/": pnil_lr_multiplier}
     if optimizer == "sgd":
-        return CoupledSGD(multipliers, learning_rate=schedule, momentum=momentum, weight_decay=weight_decay)
+        return CoupledSGD(multipliers, learning_rate=schedule, momentum=momentum, weight_decay=weight_decay,
+                          base_momentum=base_momentum)
     return MultipliedAdam(multipliers, learning_rate=schedule, beta_1=0.9, beta_2=0.999)
 
 

@@ -170,6 +170,10 @@ def _check_optimizer(config: dict) -> None:
         raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}.")
     if isinstance(decay, bool) or not isinstance(decay, int | float) or decay < 0:
         raise ValueError(f"weight_decay must be a number >= 0; got {decay!r}.")
+    lowest = recipe.optimizer_options(config)["base_momentum"]
+    if lowest is not None and momentum < lowest:
+        raise ValueError(f"momentum must be >= {lowest} under lr_schedule 'cyclic_lr' (PyTorch's CyclicLR cycles "
+                         f"it down to {lowest} at the peak rate); got {momentum!r}.")
     if decay and config["optimizer"] != "sgd":
         raise ValueError(f"weight_decay applies to optimizer 'sgd' (PyTorch's coupled L2 decay); got "
                          f"weight_decay={decay} with optimizer {config['optimizer']!r}.")
@@ -233,7 +237,7 @@ def _fit(config: dict, train_ds, val_ds, monitor_data, out: Path, stop_data=None
             log.info(f"LR range test suggests a cyclical rate in [{config['base_lr']:.2e}, {config['max_lr']:.2e}]")
         trainer = recipe.build_trainer(config)
         recipe.compile_trainer(trainer, recipe.learning_rate(config, steps_per_epoch), config["pnil_lr_multiplier"],
-                               **{k: config[k] for k in ("optimizer", "momentum", "weight_decay")})
+                               **recipe.optimizer_options(config))
     atomic_write_json(out / CONFIG, config)
     monitor = CatastrophicOverfittingMonitor(*monitor_data, epsilon=config["epsilon"], norm=config["norm"],
                                              early_stop=config["early_stop"],

@@ -204,20 +204,30 @@ class CoupledSGD(_Multipliers, keras.optimizers.SGD):
     gradient (so it enters the momentum buffer, as PyTorch's coupled decay does) and the rate multiplies
     the buffer at each step. The PNIL's rate multiplier applies as in `MultipliedAdam`.
 
+    With `base_momentum`, the momentum cycles against the rate as PyTorch's `CyclicLR` cycles it by
+    default (`cycle_momentum=True`, 0.8 to 0.9), which Wong et al.'s and de Jorge et al.'s CIFAR-10 code
+    use: μ = `momentum` − (`momentum` − `base_momentum`)·rate / peak, the peak being the schedule's `max_lr`.
+
     Args:
         multipliers: {variable-path prefix: factor > 0}, as `MultipliedAdam`'s.
         learning_rate: A rate or a schedule.
-        momentum: μ in [0, 1).
+        momentum: μ in [0, 1) (with `base_momentum`: at rate 0).
         weight_decay: The L2 coefficient (>= 0), added to the gradient as wd·p.
+        base_momentum: The momentum at the schedule's peak rate (None: `momentum` throughout).
 
     Example:
         >>> optimizer = CoupledSGD(learning_rate=0.2, momentum=0.9, weight_decay=5e-4)
     """
 
     def __init__(self, multipliers: dict | None = None, learning_rate=0.01, momentum: float = 0.9,
-                 weight_decay: float = 0.0, **kwargs):
+                 weight_decay: float = 0.0, base_momentum: float | None = None, **kwargs):
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1). Received: momentum={momentum!r}")
+        if base_momentum is not None and not (0 <= base_momentum <= momentum
+                                              and getattr(learning_rate, "max_lr", None)):
+            raise ValueError("base_momentum must lie in [0, momentum] and needs a schedule with a peak rate "
+                             f"(`max_lr`). Received: base_momentum={base_momentum!r}, momentum={momentum!r}, "
+                             f"learning_rate={learning_rate!r}")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ValueError(f"weight_decay must be a number >= 0. Received: weight_decay={weight_decay!r}")
         if kwargs.get("nesterov"):
@@ -225,13 +235,21 @@ class CoupledSGD(_Multipliers, keras.optimizers.SGD):
         # Keras' own (decoupled) decay stays off: ours is coupled, in `update_step`.
         super().__init__(learning_rate=learning_rate, momentum=float(momentum), **kwargs)
         self.coupled_weight_decay = float(weight_decay)
+        self.base_momentum = None if base_momentum is None else float(base_momentum)
         self._set_multipliers(multipliers)
 
     def build(self, var_list):
         super().build(var_list)
         self._set_factors(var_list)
 
+    def _momentum(self, learning_rate, dtype):
+        if self.base_momentum is None:
+            return ops.cast(self.momentum, dtype)
+        peak_fraction = ops.cast(learning_rate, dtype) / self._learning_rate.max_lr
+        return ops.cast(self.momentum, dtype) - (self.momentum - self.base_momentum) * peak_fraction
+
     def update_step(self, gradient, variable, learning_rate):
+        momentum = self._momentum(learning_rate, variable.dtype)
         rate = ops.cast(self._rate(variable, learning_rate), variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         if self.coupled_weight_decay:
@@ -240,8 +258,9 @@ class CoupledSGD(_Multipliers, keras.optimizers.SGD):
             self.assign_sub(variable, ops.multiply(rate, gradient))
             return
         buffer = self.momentums[self._get_variable_index(variable)]
-        self.assign(buffer, ops.add(ops.multiply(buffer, ops.cast(self.momentum, variable.dtype)), gradient))
+        self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
         self.assign_sub(variable, ops.multiply(rate, buffer))
 
     def get_config(self):
-        return {**super().get_config(), "multipliers": self.multipliers, "weight_decay": self.coupled_weight_decay}
+        return {**super().get_config(), "multipliers": self.multipliers, "weight_decay": self.coupled_weight_decay,
+                "base_momentum": self.base_momentum}
