@@ -159,6 +159,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="default: one device; mirrored: this machine's devices; multi_worker: the machines in "
                         "TF_CONFIG (start the command on each; the chief, worker 0, writes --out, worker i "
                         "--out/worker-i)")
+    p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
+                   help="Keras' mixed_float16: float16 compute, float32 weights, loss scaling for the weights and "
+                        "for the attack's input gradient (for GPUs; slow on a CPU)")
     p.add_argument("--train-size", type=COUNT, help="train on a seeded random subset of this size")
     p.add_argument("--validation-size", type=COUNT, help="validate on this many of the test-set half")
     p.add_argument("--fold", type=FOLD, help="train on fold 0-9 of the 5×2 protocol (with --train-size: a subset)")

@@ -7,6 +7,7 @@ module is the train command's choice of both, from a run configuration
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -95,6 +96,26 @@ def range_test_bounds(config: dict, train_ds) -> tuple[list, tuple[float, float]
     probe.compile(optimizer=keras.optimizers.Adam(1e-5), steps_per_execution=1,  # the ramp moves every batch
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return lr_range_test(probe, train_ds, min_lr=1e-5, max_lr=1e-1)
+
+
+@contextlib.contextmanager
+def precision(mixed: bool):
+    """Within this context, networks are built under Keras' `mixed_float16` policy if `mixed` (float16
+    compute, float32 variables; `compile` then wraps the optimizer in Keras' `LossScaleOptimizer`, and the
+    attacks' input gradients are loss-scaled per image: `keras_pnil.attacks.eot.scaled_backward`); the
+    global policy is restored after.
+
+    Example:
+        >>> with precision(True):
+        ...     trainer = build_trainer(config)  # doctest: +SKIP
+    """
+    previous = keras.config.dtype_policy()
+    if mixed:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def strategy(name: str) -> tf.distribute.Strategy:

@@ -55,6 +55,7 @@ RUN_DEFAULTS = {
     "augment": "none", "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "early_stop_rule": "best",
     "depth": 34, "width": 10,
     "norm": "linf",  # the threat model's norm: the training method's ball, and the norm the run is evaluated in
+    "mixed_precision": False,  # Keras' mixed_float16 (recipe.precision): for GPUs
 }
 
 
@@ -121,6 +122,8 @@ def training_config(options: dict) -> dict:
     for option in all_options():  # every method's, so that a bad value in a shared config file shows at once
         config[option.key] = option.check(option.key, config[option.key])
     check_count("seed", config["seed"], minimum=0)
+    if not isinstance(config["mixed_precision"], bool):
+        raise ValueError(f"mixed_precision must be true or false; got {config['mixed_precision']!r}.")
     if not (isinstance(config["min_delta"], int | float) and 0 <= config["min_delta"] < 1):
         raise ValueError(f"min_delta (the fraction a new low must lie below the best) must be in [0, 1); "
                          f"got {config['min_delta']!r}.")
@@ -299,8 +302,9 @@ def train_run(config: dict, out, data=None) -> str:
     config = {**config, "n_train": int(len(train_idx)), "validation_indices": val_idx.tolist()}
     monitor = val_idx[: config["monitor_images"]]
     start = time.time()
-    history, stop_reason = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out,
-                                stop_batches(config, x_train, y_train, train_idx))
+    with recipe.precision(config["mixed_precision"]):
+        history, stop_reason = _fit(config, train_ds, val_ds, (x_test[monitor], y_test[monitor]), out,
+                                    stop_batches(config, x_train, y_train, train_idx))
     finished = len(read_history(out / HISTORY).get("epoch", []))
     if finished < config["epochs"] and stop_reason is None:
         raise RunError(f"{out}: training stopped after {finished} of {config['epochs']} epochs; "
