@@ -3,6 +3,7 @@ registered in one module's worth of code: its flag, configuration, cost and trai
 
 import importlib
 import json
+import re
 
 import keras
 import numpy as np
@@ -294,3 +295,26 @@ def test_the_registry_refuses_a_second_method_of_a_name_or_an_option_key_taken()
         methods.register(methods.MethodSpec("other", Shift, (methods.Option("trades_beta", 1.0, methods.positive,
                                                                             "taken"),)))
     assert "other" not in methods.METHODS
+
+
+# ---------------------------------------------------------------- norms: each method has an L2 version or refuses it
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_each_method_builds_in_l2_or_refuses_it_with_its_reason(name):
+    spec = methods.get_method(name)
+    if "l2" in spec.norms:
+        assert methods.build(name, 2.0, "l2").threat.describe() == "L2 ε=2 (inputs in [0, 1])"
+        assert name in methods.methods_with_norm("l2")
+        return
+    reason = spec.build.linf_only
+    assert reason != methods.Method.linf_only  # an L∞-only method of the package says why in its own words
+    with pytest.raises(ValueError, match=re.escape(f"training method '{name}' has no l2 version: {reason};")):
+        methods.build(name, 2.0, "l2")
+    with pytest.raises(ValueError, match="has no l2 version"):  # constructed directly, too
+        spec.build(0.3, norm="l2")
+
+
+def test_a_toy_method_that_knows_no_norm_is_l_inf_only_and_refused_in_l2(toy_method):
+    assert methods.build("toy_shift", 0.1).threat.norm.name == "linf"  # never handed a norm it does not take
+    with pytest.raises(ValueError, match="'toy_shift' has no l2 version: it is defined for the L∞ ball only; train "
+                                         "it with norm linf, or train fgsm, nfgsm, pgd, rfgsm, trades with norm l2"):
+        methods.build("toy_shift", 2.0, "l2")
