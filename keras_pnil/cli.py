@@ -391,9 +391,11 @@ def _jobs(args, paths, request: PlanRequest, images) -> list:
     prepared, cache = [], {}
     for path in paths:
         if targets.is_model_file(path) or args.data:
-            epsilon = args.epsilon or runs.check_run(path)["epsilon"]
+            run = None if targets.is_model_file(path) else runs.check_run(path)  # a run, on the user's --data
+            epsilon = args.epsilon or run["epsilon"]
+            norm = args.norm or (runs.run_norm(run) if run else "linf")
             prepared.append(targets.file_job(targets.model_path(path), images[:2], images[2], request, epsilon,
-                                             output=args.output, name=path.stem, norm=args.norm or "linf",
+                                             output=args.output, name=path.stem, norm=norm,
                                              bounds=args.bounds or (0.0, 1.0)))
         else:
             prepared.append(runs.run_job(path, request, cache, epsilon=args.epsilon, data_dir=args.data_dir))
@@ -420,7 +422,7 @@ def _estimate(prepared) -> float:
 def evaluate_main(argv=None) -> int:
     parser = evaluate_parser()
     args = parser.parse_args(argv)
-    model_files_only = args.data or all(targets.is_model_file(Path(t)) for t in args.targets)
+    model_files_only = all(targets.is_model_file(Path(t)) for t in args.targets)
     # Checked against the norm and range, which come after it on the line (a run's norm is its own: checked then).
     if args.epsilon is not None and (args.norm or model_files_only):
         try:
