@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from keras_pnil import experiments, jobs, loading, report, reproduce, results, runs, targets
+from keras_pnil import experiments, jobs, loading, replicas, report, reproduce, results, runs, targets
 from keras_pnil.attacks.common import progress_bars
 from keras_pnil.attacks.registry import ATTACKS
 from keras_pnil.data import DATASETS, DatasetError, load_npz
@@ -343,6 +343,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="set one number of the plan, e.g. pgd.steps=20, spsa.images=100, square.eot_samples=2, "
                         "checks.enabled=false (repeatable; --show-plan lists every field)")
     p.add_argument("--seed", type=NONNEGATIVE, default=None, help="seeds the image sample and the attacks (default 0)")
+    p.add_argument("--strategy", choices=list(replicas.STRATEGIES), default="default",
+                   help="default: one device; mirrored: every attack data-parallel over this machine's GPUs (its "
+                        "logical CPUs without one), with exactly the default's results for the same seed; "
+                        "multi_worker: a TF_CONFIG naming this machine alone (an evaluation spans one machine)")
     p.add_argument("--out", required=True, help="directory for the tables, results.csv/json and figures")
     p.add_argument("--show-plan", action="store_true", help="print the resolved plan of each target and stop")
     p.add_argument("--estimate-only", action="store_true", help="print the estimated time and stop")
@@ -422,6 +426,7 @@ def _estimate(prepared) -> float:
 def evaluate_main(argv=None) -> int:
     parser = evaluate_parser()
     args = parser.parse_args(argv)
+    spread = replicas.replicas(args.strategy)  # before any work
     model_files_only = all(targets.is_model_file(Path(t)) for t in args.targets)
     # Checked against the norm and range, which come after it on the line (a run's norm is its own: checked then).
     if args.epsilon is not None and (args.norm or model_files_only):
@@ -464,7 +469,7 @@ def evaluate_main(argv=None) -> int:
         return 0
     try:
         with exclusive(out, "an evaluation"), progress_bars():
-            found = [jobs.run(job, out, print) for job in prepared]
+            found = [jobs.run(job, out, print, spread) for job in prepared]
             written = _write_tables(found, out)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

@@ -21,6 +21,7 @@ from keras_pnil.correctness import per_example_correct
 from keras_pnil.inputs import check_attack_names, check_inputs
 from keras_pnil.masking import gradient_masking_checks, largest_perturbation
 from keras_pnil.plan import Plan, PlanRequest
+from keras_pnil.replicas import Replicas, replicas
 from keras_pnil.threat import DEFAULT_BOUNDS
 
 log = logging.getLogger("keras_pnil")
@@ -85,7 +86,7 @@ class RobustnessResult:
 
 def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, norm: str = "linf", bounds=DEFAULT_BOUNDS,
                budget: str = "paper", plan: PlanRequest | None = None, seed: int | None = None, checks: bool = True,
-               progress: Callable[[str], None] | None = None, **values) -> RobustnessResult:
+               strategy: str = "default", progress: Callable[[str], None] | None = None, **values) -> RobustnessResult:
     """Accuracy under each attack, the effective robustness (Min) and the per-image worst case.
 
     Attacks are names from `keras_pnil.attacks.ATTACKS` (a name, comma-separated
@@ -99,6 +100,8 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, norm: st
     model's input range, e.g. (0, 255)) set the threat model; ε is in the units
     of the model's inputs. Inputs are checked first (finite pixels within
     `bounds`, integer labels of the model's classes, a shape it takes).
+    `strategy` "mirrored" spreads every attack over this machine's devices with exactly the same
+    results as "default" (one device) for the same seed (see `keras_pnil.replicas`).
     `progress` receives one line per stage (default: the `keras_pnil` logger).
 
     Example:
@@ -107,6 +110,7 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, norm: st
         >>> robustness(model, x_test[:500], y_test[:500], 0.5, "autoattack", norm="l2", budget="autoattack")
     """
     names = check_attack_names(attacks)
+    spread = replicas(strategy)
     x, y = check_inputs(model, x, y, bounds=bounds)
     if plan is None:
         plan = PlanRequest.from_preset(budget, names)
@@ -114,7 +118,7 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, norm: st
         {**values, **({} if seed is None else {"seed": seed}), **({} if checks else {"checks.enabled": False})})
     resolved = request.resolve(epsilon=epsilon, random=is_random(model, x, progress, bounds), num_images=len(x),
                                norm=norm, bounds=bounds)
-    return evaluate(model, x, y, resolved, progress=progress)
+    return evaluate(model, x, y, resolved, progress=progress, replicas=spread)
 
 
 def is_random(model, x, progress: Callable[[str], None] | None = None, bounds=DEFAULT_BOUNDS) -> bool:
@@ -129,9 +133,10 @@ def is_random(model, x, progress: Callable[[str], None] | None = None, bounds=DE
     return behaviour.random
 
 
-def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], None] | None = None
-             ) -> RobustnessResult:
-    """Runs `plan` on `(x, y)` (checked inputs, `plan.num_images` of them).
+def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], None] | None = None,
+             replicas: Replicas | None = None) -> RobustnessResult:
+    """Runs `plan` on `(x, y)` (checked inputs, `plan.num_images` of them), each attack spread over
+    `replicas` (default: one device; the results are the same on any number).
 
     `store`, if given, keeps each finished stage (`store.load(name)` → the
     per-image accuracies or None; `store.save(name, values)`), so an
@@ -141,6 +146,10 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
     if len(x) != plan.num_images:
         raise ValueError(f"the plan is for {plan.num_images} images; got {len(x)}.")
     report(f"[plan] {plan.describe()}")
+    replicas = replicas or Replicas()
+    if replicas.strategy != "default":
+        report(f"[devices] attacks run {replicas.describe()}" + (
+            " (one device: as the default strategy)" if replicas.count == 1 else ""))
     draws, random = plan.accuracy_draws, plan.random
     clean = _stage(store, "clean", lambda: per_example_correct(model, x, y, draws, random=random), report)
     robust, largest = {}, {}
@@ -149,7 +158,7 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
             report(f"[{attack.name}] attacking {len(attack.images)} images (EOT {attack.eot_samples}) ...")
             idx = np.asarray(attack.images, dtype=int)
             values = np.full(len(x), np.nan)
-            x_adv = attack.run(model, x, y, plan.threat)
+            x_adv = replicas.run(attack, model, x, y, plan.threat)
             largest[attack.name] = largest_perturbation(plan.threat, x_adv, x[idx], attack.name)  # error above ε
             values[idx] = per_example_correct(model, x_adv, y[idx], draws, random=random)
             return values

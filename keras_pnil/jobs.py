@@ -19,6 +19,7 @@ from keras_pnil import evaluation, records
 from keras_pnil.inputs import check_inputs
 from keras_pnil.layers import find_pnil
 from keras_pnil.plan import Plan, PlanRequest
+from keras_pnil.replicas import kept_noise
 from keras_pnil.threat import DEFAULT_BOUNDS
 from keras_pnil.throughput import forward_throughput
 
@@ -54,7 +55,8 @@ class Job:
 
     def estimate_seconds(self) -> tuple[float, float]:
         """(seconds, forward images per second measured now) of this job on this machine: a rough count."""
-        rate = forward_throughput(self.model, self.x.shape[1:])
+        with kept_noise(self.model):  # the number of timed passes must not move a random model's draws
+            rate = forward_throughput(self.model, self.x.shape[1:])
         return self.plan.cost_units() / rate, rate
 
 
@@ -78,8 +80,9 @@ def _architecture(model) -> str:
     return f"{type(model).__name__} {model.name!r} ({model.count_params():,} parameters)"
 
 
-def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
-    """The job's record: read back if stored under its key, else evaluated (resuming finished stages)
+def run(job: Job, out, progress: Callable[[str], None] | None = None, replicas=None) -> dict:
+    """The job's record: read back if stored under its key, else evaluated (resuming finished stages; each
+    attack spread over `replicas`, a `keras_pnil.replicas.Replicas`, with the same results as one device)
     and written atomically to `<out>/<name>.json`, with the PNIL maps of a PNIL model."""
     report = progress or (lambda message: None)
     path = job.record_path(out)
@@ -93,7 +96,7 @@ def run(job: Job, out, progress: Callable[[str], None] | None = None) -> dict:
     for note in job.notes:
         report(note)
     store = records.StageStore(Path(out) / f"{job.name}.stages", job.key)
-    result = evaluation.evaluate(job.model, job.x, job.y, job.plan, store=store, progress=report)
+    result = evaluation.evaluate(job.model, job.x, job.y, job.plan, store=store, progress=report, replicas=replicas)
     for check in result.checks:
         report(f"  [{'FLAGGED' if check.flagged else 'ok'}] {check.check}: {check.detail}")
     stored = result.to_dict()

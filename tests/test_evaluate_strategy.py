@@ -1,0 +1,165 @@
+"""Evaluation across devices: `--strategy mirrored` spreads every attack over the replicas (two logical CPU
+devices here, set up by conftest before TensorFlow starts) with exactly the one-device results."""
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_pnil as kp
+from keras_pnil import replicas
+from keras_pnil.cli import evaluate_main
+from keras_pnil.plan import PlanRequest
+
+IMAGES = 40
+SMALL = {"pgd.steps": 5, "apgd-ce.steps": 5, "square.queries": 30, "square.images": IMAGES, "num_images": IMAGES,
+         "eot_samples": 2, "checks.enabled": False}
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks of 16 images, so that 40 images make three (the last one short) over the two replicas."""
+    monkeypatch.setattr(replicas, "CHUNK", 16)
+
+
+@pytest.fixture(scope="module")
+def two_devices():
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) == 2, "conftest sets up two logical CPU devices before TensorFlow starts"
+    return devices
+
+
+def _model(pnil: bool) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = kp.PixelwiseNoiseInjection(seed=1, bias_initializer=keras.initializers.Constant(-3.0))(inputs) if pnil \
+        else inputs
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(x))
+    return keras.Model(inputs, keras.layers.Dense(10)(hidden), name="pnil_net" if pnil else "net")
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return rng.uniform(size=(IMAGES, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, IMAGES)
+
+
+def _noise(model) -> list:
+    return [g.state.numpy().copy() for g in replicas._noise_generators(model)]
+
+
+def _restore(model, states) -> None:
+    for generator, state in zip(replicas._noise_generators(model), states, strict=True):
+        generator.state.assign(state)
+
+
+@pytest.mark.parametrize("pnil", [False, True], ids=["deterministic", "pnil"])
+def test_mirrored_gives_exactly_the_one_device_images(two_devices, pnil):
+    model, (x, y) = _model(pnil), _images()
+    plan = PlanRequest.from_preset("quick", ["pgd", "apgd-ce", "square"]).with_values(SMALL).resolve(
+        epsilon=0.1, random=pnil, num_images=IMAGES)
+    mirrored = replicas.replicas("mirrored")
+    assert mirrored.count == 2
+    for attack in plan.attacks:
+        start = _noise(model)
+        one = replicas.Replicas().run(attack, model, x, y, plan.threat)
+        after_one = _noise(model)
+        _restore(model, start)
+        two = mirrored.run(attack, model, x, y, plan.threat)
+        np.testing.assert_array_equal(two, one, err_msg=attack.name)
+        assert np.abs(one - x).max() > 0.05, attack.name  # the attack moved the images
+        # The model's noise stands where one device leaves it, so the accuracy draws after an attack agree too.
+        assert all(np.array_equal(a, b) for a, b in zip(_noise(model), after_one, strict=True))
+    copy = next(iter(getattr(model, replicas._COPIES).values()))
+    assert copy.weights[0].value.device.endswith("CPU:1")  # the second replica's copy lives on the second device
+
+
+def test_a_naive_split_is_not_the_one_device_result(two_devices):
+    # Why the chunks carry their own seeds: splitting the images in two halves, each attacked with the plan's
+    # seed (as if each replica ran the attack on its share), changes the second half's random starts.
+    model, (x, y) = _model(False), _images()
+    plan = PlanRequest.from_preset("quick", ["pgd"]).with_values(SMALL).resolve(epsilon=0.1, random=False,
+                                                                                num_images=IMAGES)
+    attack = plan.attacks[0]
+    one = replicas.replicas("mirrored").run(attack, model, x, y, plan.threat)
+    first = dataclasses.replace(attack, images=tuple(range(16)))
+    second = dataclasses.replace(attack, images=tuple(range(16, IMAGES)))
+    naive = np.concatenate([first.run(model, x, y, plan.threat), second.run(model, x, y, plan.threat)])
+    np.testing.assert_array_equal(naive[:16], one[:16])  # chunk 0 keeps the plan's seed
+    assert not np.array_equal(naive[16:], one[16:])
+
+
+def test_robustness_mirrored_equals_default_and_says_so(two_devices):
+    (x, y), lines = _images(), []
+    # A fresh model each (a random model's noise moves on with every call; its seed starts it again).
+    results = [kp.robustness(_model(True), x, y, 0.1, "pgd,apgd-ce,square", budget="quick", strategy=strategy,
+                             progress=lines.append, **SMALL)
+               for strategy in ("default", "mirrored")]
+    one, two = (r.to_dict() for r in results)
+    assert one["worst_case_per_image"] == two["worst_case_per_image"]
+    assert one["attacks"] == two["attacks"] and one["clean"] == two["clean"]
+    assert one["clean"] > one["worst_case"]  # the attacks broke some images: the comparison has content
+    assert "[devices] attacks run mirrored over 2 devices (/device:CPU:0, /device:CPU:1)" in lines
+
+
+def test_evaluate_command_mirrored_matches_default(two_devices, tmp_path, capsys):
+    model, (x, y) = _model(True), _images()
+    model.save(tmp_path / "net.keras")
+    np.savez(tmp_path / "images.npz", x=x, y=y)
+    found = {}
+    for strategy in ("default", "mirrored"):
+        out = tmp_path / strategy
+        assert evaluate_main([str(tmp_path / "net.keras"), "--data", str(tmp_path / "images.npz"), "--epsilon",
+                              "0.1", "--attacks", "pgd,apgd-ce,square", "--budget", "quick", "--strategy", strategy,
+                              *[f"--set={k}={v}" for k, v in SMALL.items()], "--out", str(out)]) == 0
+        found[strategy] = json.loads((out / "net.json").read_text())["record"]["result"]
+    assert found["mirrored"]["worst_case_per_image"] == found["default"]["worst_case_per_image"]
+    assert found["mirrored"]["attacks"] == found["default"]["attacks"]
+    assert "attacks run mirrored over 2 devices" in capsys.readouterr().out
+
+
+def test_one_device_mirrored_runs_as_the_default_with_a_note():
+    model, (x, y) = _model(False), _images()
+    lines = []
+    plan = PlanRequest.from_preset("quick", ["pgd"]).with_values(SMALL).resolve(epsilon=0.1, random=False,
+                                                                                num_images=IMAGES)
+    one = kp.evaluation.evaluate(model, x, y, plan, progress=lines.append,
+                                 replicas=replicas.Replicas("mirrored", ("/device:CPU:0",)))
+    default = kp.evaluation.evaluate(model, x, y, plan)
+    assert one.worst_case_per_image == default.worst_case_per_image
+    assert "[devices] attacks run mirrored over 1 device (/device:CPU:0) (one device: as the default strategy)" \
+        in lines
+
+
+def test_multi_worker_takes_a_one_machine_tf_config(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:12345"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    chosen = replicas.replicas("multi_worker")
+    assert chosen.strategy == "multi_worker" and chosen.devices == replicas.local_devices()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="an evaluation runs on one machine, and TF_CONFIG names 2"):
+        replicas.replicas("multi_worker")
+
+
+@pytest.mark.parametrize("argv, environment, message", [
+    (["--strategy", "ring"], None, "argument --strategy: invalid choice: 'ring'"),
+    (["--strategy", "multi_worker"], None, "error: strategy multi_worker needs the TF_CONFIG environment variable"),
+    (["--strategy", "multi_worker"], "not json", "error: TF_CONFIG is not a JSON object with a cluster"),
+])
+def test_bad_strategies_are_one_line_errors_before_any_work(tmp_path, monkeypatch, capsys, argv, environment,
+                                                            message):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if environment is not None:
+        monkeypatch.setenv("TF_CONFIG", environment)
+    # The target does not exist: the strategy is refused before anything is read.
+    try:
+        status = evaluate_main([str(tmp_path / "missing.keras"), "--epsilon", "0.1", *argv, "--out", str(tmp_path)])
+    except SystemExit as exit:  # argparse
+        status = exit.code
+    err = capsys.readouterr().err.strip()
+    assert status in (1, 2) and message in err and len(err.splitlines()) == 1, err
+    with pytest.raises(ValueError, match="unknown strategy 'ring'; expected one of default, mirrored"):
+        kp.robustness(_model(False), *_images(), 0.1, "pgd", strategy="ring")
