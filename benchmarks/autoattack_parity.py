@@ -117,12 +117,12 @@ def run_official(torch_path: Path, images_path: Path, norm: str, epsilon: float,
                str(OFFICIAL_BATCH), str(threads), str(out)]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, load = time.perf_counter() - start, os.getloadavg()[0]
     (work / f"official-{norm}.log").write_text(done.stdout + done.stderr)
     if done.returncode:
         raise SystemExit(f"the official AutoAttack failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
     result = json.loads(out.read_text())
-    return {**result, "seconds": seconds, "command": " ".join(command[1:])}
+    return {**result, "seconds": seconds, "load": load, "command": " ".join(command[1:])}
 
 
 def run_ours(model_path: Path, images_path: Path, images: int, norm: str, epsilon: float, work: Path) -> dict:
@@ -134,7 +134,7 @@ def run_ours(model_path: Path, images_path: Path, images: int, norm: str, epsilo
                "--out", str(out)]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, load = time.perf_counter() - start, os.getloadavg()[0]
     (work / f"ours-{norm}.log").write_text(done.stdout + done.stderr)
     if done.returncode:
         raise SystemExit(f"keras-pnil-evaluate failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
@@ -142,7 +142,7 @@ def run_ours(model_path: Path, images_path: Path, images: int, norm: str, epsilo
     common = record["plan"]["common_images"]
     if common != list(range(images)):
         raise SystemExit(f"{out}/results.json covers images {common[:5]}...: not the {images} given in order")
-    return {"robust": [bool(v) for v in record["worst_case_per_image"]], "seconds": seconds,
+    return {"robust": [bool(v) for v in record["worst_case_per_image"]], "seconds": seconds, "load": load,
             "checks": [c.get("name", c) if isinstance(c, dict) else c for c in record.get("checks", [])],
             "command": "keras-pnil-evaluate " + " ".join(command[1:])}
 
@@ -181,7 +181,8 @@ def training_of(path: Path) -> str:
 
 
 def compare(model_name: str, path: Path, norms: list[str], epsilons: dict, x, y, work: Path,
-            threads: int = 0) -> list[dict]:
+            threads: int = 0):
+    """Yields one row per norm as soon as both sides have run it."""
     import keras
     import torch
 
@@ -193,29 +194,29 @@ def compare(model_name: str, path: Path, norms: list[str], epsilons: dict, x, y,
     torch_path, images_path = work / "model.pt", work / "images.npz"
     torch.save(torch_model, torch_path)
     np.savez(images_path, x=x, y=y)
-    rows = []
     for norm in norms:
         official = run_official(torch_path, images_path, norm, epsilons[norm], threads, work)
         print(f"  {norm}: official {np.mean(official['robust']):.2%} in {official['seconds']:.1f} s", flush=True)
         ours = run_ours(path, images_path, len(x), norm, epsilons[norm], work)
         print(f"  {norm}: ours {np.mean(ours['robust']):.2%} in {ours['seconds']:.1f} s", flush=True)
         theirs, mine = np.array(official["robust"]), np.array(ours["robust"])
-        rows.append({"model": model_name, "path": str(path), "training": training_of(path), "norm": norm,
+        yield {"model": model_name, "path": str(path), "training": training_of(path), "norm": norm,
                      "epsilon": epsilons[norm], "images": len(x), "logit_difference": difference,
                      "clean": float(np.mean(official["clean"])),
                      "official": {"accuracy": float(theirs.mean()), "seconds": official["seconds"],
                                   "attack_seconds": official["attack_seconds"], "threads": official["threads"],
-                                  "command": official["command"]},
-                     "ours": {"accuracy": float(mine.mean()), "seconds": ours["seconds"], "command": ours["command"]},
+                                  "load_average_at_end": official["load"], "command": official["command"]},
+                     "ours": {"accuracy": float(mine.mean()), "seconds": ours["seconds"],
+                              "load_average_at_end": ours["load"], "command": ours["command"]},
                      "disagree": int((theirs != mine).sum()),
                      "robust_only_for_ours": int((mine & ~theirs).sum()),
                      "robust_only_for_official": int((theirs & ~mine).sum()),
                      "accuracy_met": bool(mine.mean() <= theirs.mean() + ACCURACY_MARGIN + 1e-12),
-                     "speed_met": bool(ours["seconds"] <= official["seconds"])})
-    return rows
+                     "speed_met": bool(ours["seconds"] <= official["seconds"])}
 
 
-def table(rows: list[dict], threads: int) -> str:
+def table(rows: list[dict]) -> str:
+    threads = rows[0]["official"]["threads"]
     lines = [f"AutoAttack `standard`, official (pyautoattack, PyTorch CPU, {threads} threads) against keras-pnil "
              "(`keras-pnil-evaluate`), the first MNIST test images; times are whole processes.", "",
              "| model | norm, ε | images | clean % | official % | ours % | disagree (ours robust only / "
@@ -229,6 +230,16 @@ def table(rows: list[dict], threads: int) -> str:
                      f"{k['seconds']:.0f} | {o['seconds'] / k['seconds']:.2f}x | "
                      f"{'met' if r['accuracy_met'] else 'MISSED'} | {'met' if r['speed_met'] else 'MISSED'} |")
     return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, rows: list[dict], torch_version: str, autoattack_version: str) -> None:
+    """`out` (.json: the rows and how they were made) and the table beside it (.md), each written atomically."""
+    from keras_pnil.files import atomic_write_json, atomic_write_text
+
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
+            "torch": torch_version, "pyautoattack": autoattack_version, "command": " ".join(sys.argv)}
+    atomic_write_json(out, {**meta, "rows": rows})
+    atomic_write_text(out.with_suffix(".md"), table(rows))
 
 
 # ---------------------------------------------------------------- the tests' fixture
@@ -328,16 +339,12 @@ def main() -> None:
     x, y = mnist_test(args.images)
     rows = []
     for name, path in models.items():
-        rows += compare(name, path, norms, epsilons, x, y, Path(args.work) / name, args.official_threads)
-    text = table(rows, rows[0]["official"]["threads"])
-    print(text)
+        for row in compare(name, path, norms, epsilons, x, y, Path(args.work) / name, args.official_threads):
+            rows.append(row)
+            if args.out:  # after every case, so that a stopped run keeps what it finished
+                write_results(Path(args.out), rows, torch.__version__, pyautoattack.__version__)
+    print(table(rows))
     if args.out:
-        from keras_pnil.files import atomic_write_json, atomic_write_text
-
-        meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_threads": torch.get_num_threads(),
-                "torch": torch.__version__, "pyautoattack": pyautoattack.__version__, "command": " ".join(sys.argv)}
-        atomic_write_json(args.out, {**meta, "rows": rows})
-        atomic_write_text(Path(args.out).with_suffix(".md"), text)
         print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
     missed = [f"{r['model']} {r['norm']}" for r in rows if not (r["accuracy_met"] and r["speed_met"])]
     print(f"targets (ours <= official + {100 * ACCURACY_MARGIN:.1f} points, ours at least as fast): "

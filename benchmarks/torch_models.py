@@ -14,10 +14,14 @@ models). PyTorch is an optional benchmark dependency (`pip install torch`, the C
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import keras  # imported where used: a script that only unpickles a copy needs no TensorFlow
 
 
 def wong_mnist(num_classes: int = 10) -> nn.Sequential:
@@ -89,6 +93,8 @@ def _pool(layer: keras.layers.MaxPooling2D) -> list:
 def from_keras(model: keras.Model) -> nn.Sequential:
     """The same network as the Keras `model` (a chain of Conv2D, Flatten, Dense, ReLU, MaxPooling2D) in
     PyTorch, with its weights, in inference mode; it takes NCHW inputs and gives the same logits."""
+    import keras
+
     modules = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -114,6 +120,8 @@ def from_keras(model: keras.Model) -> nn.Sequential:
 def largest_logit_difference(keras_model: keras.Model, torch_model: nn.Module, x: np.ndarray,
                              batch_size: int = 500) -> float:
     """The largest absolute difference between the two models' logits on NHWC images `x`."""
+    import keras
+
     largest = 0.0
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
