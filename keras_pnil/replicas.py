@@ -8,8 +8,11 @@ replicas), on its copy of the model. Every random draw of a chunk (the
 attack's starts, restarts and Square's windows; the model's noise: a PNIL, EOT)
 comes from that chunk's own seeds, so the adversarial images do not depend on
 the number of replicas, only on the plan's seed: one device gives exactly what
-several give. Chunk 0 keeps the plan's seed and the model's noise as they stand,
-so an attack on up to `CHUNK` images runs exactly as it did before chunks.
+several give (bit for bit on CPUs; on GPUs as far as their kernels are
+deterministic, which `tf.config.experimental.enable_op_determinism()` makes
+them, as it makes two runs on one GPU agree). Chunk 0 keeps the plan's seed and
+the model's noise as they stand, so an attack on up to `CHUNK` images runs
+exactly as it did before chunks.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import contextlib
 import dataclasses
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import keras
@@ -107,10 +111,13 @@ class Replicas:
         chunks = [images[i:i + CHUNK] for i in range(0, len(images), CHUNK)] or [images]
         copies = self._copies(model, min(self.count, len(chunks)))
         parts: list = [None] * len(chunks)
+        stop = threading.Event()  # set when a replica fails or the run is interrupted: the others stop too
 
         def work(replica: int) -> None:
             with tf.device(self.devices[replica]) if self.devices else contextlib.nullcontext():
                 for c in range(replica, len(chunks), len(copies)):
+                    if stop.is_set():
+                        return
                     seed = attack.seed if c == 0 else chunk_seed(attack.seed, c)
                     if c:
                         _seeded_noise(copies[replica], attack.seed, c)
@@ -121,8 +128,15 @@ class Replicas:
             work(0)
         else:
             with ThreadPoolExecutor(len(copies), thread_name_prefix="keras-pnil-replica") as pool:
-                for future in [pool.submit(work, r) for r in range(len(copies))]:
-                    future.result()
+                try:
+                    futures = [pool.submit(work, r) for r in range(len(copies))]
+                    wait(futures, return_when=FIRST_EXCEPTION)
+                    stop.set()  # all done, or one failed: the others stop after their chunk
+                    for future in futures:
+                        future.result()
+                except BaseException:  # Ctrl-C: the replicas stop after their chunk
+                    stop.set()
+                    raise
         if len(chunks) > 1:
             _seeded_noise(model, attack.seed, len(chunks))
         return np.concatenate(parts)

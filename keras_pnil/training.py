@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_pnil.attacks.eot import computes_in_float16, scaled_backward
 from keras_pnil.methods import FGSM, METHODS, NFGSM, PGD, RFGSM, Clean, Method, build
 from keras_pnil.methods.base import Batch, replica_share
 from keras_pnil.pipeline import steady_fit_arguments
@@ -88,7 +89,9 @@ class AdversarialModel(keras.Model):
 
     def _model_fn(self, inputs):
         # Training mode, as in Wong et al.: the gradients are the (noisy, batch-normalised) network's that is trained.
-        return self(inputs, training=True)
+        # Float32 logits; under mixed_float16 every method's input gradient is loss-scaled per image (PGD's steps,
+        # TRADES's KL attack, GradAlign's second gradient too): `scaled_backward`.
+        return scaled_backward(lambda t: self(t, training=True), inputs, computes_in_float16(self))
 
     def _prepare(self, x, y) -> Batch:
         _check_input_range(x)

@@ -163,3 +163,21 @@ def test_bad_strategies_are_one_line_errors_before_any_work(tmp_path, monkeypatc
     assert status in (1, 2) and message in err and len(err.splitlines()) == 1, err
     with pytest.raises(ValueError, match="unknown strategy 'ring'; expected one of default, mirrored"):
         kp.robustness(_model(False), *_images(), 0.1, "pgd", strategy="ring")
+
+
+def test_an_error_on_one_replica_reaches_the_caller(two_devices, monkeypatch):
+    model, (x, y) = _model(False), _images()
+    plan = PlanRequest.from_preset("quick", ["pgd"]).with_values(SMALL).resolve(epsilon=0.1, random=False,
+                                                                                num_images=IMAGES)
+    ran = []
+
+    def run(attack, model, x, y, threat):
+        ran.append(attack.images[0])
+        if attack.images[0] == 16:  # chunk 1: the second replica's
+            raise ValueError("chunk 1 failed")
+        return x[np.asarray(attack.images)]
+
+    monkeypatch.setattr(type(plan.attacks[0]), "run", run)
+    with pytest.raises(ValueError, match="chunk 1 failed"):
+        replicas.replicas("mirrored").run(plan.attacks[0], model, x, y, plan.threat)
+    assert 16 in ran

@@ -11,6 +11,7 @@ import tensorflow as tf
 import keras_pnil as kp
 from keras_pnil import recipe, runs
 from keras_pnil.attacks.eot import EOT, cross_entropy_sum, input_gradient, negative_log_likelihood
+from keras_pnil.attacks.pgd import loss_gradient
 from keras_pnil.cli import train_main
 
 IMAGES = 200
@@ -61,8 +62,9 @@ def _same_noise(model):
 
 
 def _gradients(model, x, y) -> dict:
-    """∇x three ways: the methods' `input_gradient`, the attacks' (through `EOT`), and unscaled (the control:
-    the summed cross-entropy of the model's logits, cast to float32, as the library differentiated before)."""
+    """∇x four ways: the methods' `input_gradient`, the attacks' (through `EOT`), PGD training's (through a
+    trainer's model_fn), and unscaled (the control: the summed cross-entropy of the model's logits, cast to
+    float32, as the library differentiated before)."""
     x, y = tf.constant(x), tf.constant(y)
     _same_noise(model)
     method = input_gradient(lambda t: model(t, training=False), x, y).numpy()
@@ -75,7 +77,11 @@ def _gradients(model, x, y) -> dict:
     with tf.GradientTape() as tape:
         tape.watch(x)
         loss = cross_entropy_sum(y, model(x, training=False))
-    return {"input_gradient": method, "EOT": attack, "unscaled": tape.gradient(loss, x).numpy()}
+    unscaled = tape.gradient(loss, x).numpy()
+    _same_noise(model)
+    trainer = kp.adversarial(model, "pgd", 0.1)  # the methods' own model_fn (PGD's steps, TRADES's, GradAlign's)
+    training = loss_gradient(trainer._model_fn, cross_entropy_sum, y)(x)[0].numpy()
+    return {"input_gradient": method, "EOT": attack, "training": training, "unscaled": unscaled}
 
 
 def _agreement(reference, values) -> float:
@@ -93,7 +99,7 @@ def test_input_gradient_signs_agree_with_float32_and_underflow_without_loss_scal
     # float32: the two library paths agree with plain differentiation (no scaling there at all).
     np.testing.assert_array_equal(reference["input_gradient"], reference["unscaled"])
     assert np.mean(reference["unscaled"] != 0) > 0.99
-    for path in ("input_gradient", "EOT"):
+    for path in ("input_gradient", "EOT", "training"):
         gradient = mixed[path]
         assert np.all(np.isfinite(gradient)), path
         assert _agreement(reference[path], gradient) >= 0.99, (path, _agreement(reference[path], gradient))
@@ -140,6 +146,26 @@ def test_training_under_mixed_precision_learns(mnist):
     accuracy = np.mean(np.argmax(model.predict(x_test[:500], verbose=0), -1) == y_test[:500])
     assert np.all(np.isfinite(history.history["loss"]))
     assert accuracy > 0.6, accuracy  # chance is 0.1 (0.84 measured; float32: 0.85)
+
+
+@pytest.mark.parametrize("method, options", [("pgd", {"steps": 2}), ("trades", {"steps": 2}), ("gradalign", {})])
+def test_methods_with_their_own_gradients_train_under_mixed_precision(mnist, method, options):
+    # PGD's and TRADES's steps and GradAlign's second gradient (differentiated again for the weights) go
+    # through the trainer's loss-scaled model_fn.
+    (x, y), _ = mnist
+    keras.config.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    hidden = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(inputs))
+    trainer = kp.adversarial(keras.Model(inputs, keras.layers.Dense(10)(hidden)), method, 0.1, **options)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.numpy().copy() for w in trainer.trainable_weights]
+    logs = trainer.train_on_batch(x[:64], y[:64], return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    assert all(not np.array_equal(a, w.numpy()) for a, w in zip(before, trainer.trainable_weights, strict=True))
+    if method != "pgd":
+        assert logs[trainer.perturbation.penalties[0]] > 0, logs
 
 
 def test_train_command_mixed_precision_flag(tmp_path, data_dir):

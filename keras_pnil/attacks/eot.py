@@ -3,6 +3,15 @@
 Every attack is written against a `model_fn` (inputs → scores), after
 CleverHans. `EOT` turns a model with random layers into such a `model_fn`, so
 every attack gains EOT without knowing about it.
+
+Mixed precision: build the model under Keras' policy, globally
+(`keras.mixed_precision.set_dtype_policy("mixed_float16")` before building it,
+as `keras-pnil-train --mixed-precision` does) or per model (`dtype="mixed_float16"`
+on its layers). `compile` then wraps the optimizer in Keras' `LossScaleOptimizer`
+for the weights, and every input gradient taken here (the attacks' through `EOT`,
+the training methods' through `input_gradient`) is loss-scaled per image
+(`scaled_backward`), so sign(∇x) agrees with float32's instead of underflowing
+to zero; the PNIL draws its noise in float32. Nothing else is needed.
 """
 
 from __future__ import annotations
