@@ -105,6 +105,7 @@ def test_robustness_mirrored_equals_default_and_says_so(two_devices):
 
 
 def test_evaluate_command_mirrored_matches_default(two_devices, tmp_path, capsys):
+    # A PNIL model file: its noise starts from the saved state in each run (the estimate's timed passes keep it).
     model, (x, y) = _model(True), _images()
     model.save(tmp_path / "net.keras")
     np.savez(tmp_path / "images.npz", x=x, y=y)
@@ -112,7 +113,7 @@ def test_evaluate_command_mirrored_matches_default(two_devices, tmp_path, capsys
     for strategy in ("default", "mirrored"):
         out = tmp_path / strategy
         assert evaluate_main([str(tmp_path / "net.keras"), "--data", str(tmp_path / "images.npz"), "--epsilon",
-                              "0.1", "--attacks", "pgd,apgd-ce,square", "--budget", "quick", "--strategy", strategy,
+                              "0.1", "--attacks", "pgd,square", "--budget", "quick", "--strategy", strategy,
                               *[f"--set={k}={v}" for k, v in SMALL.items()], "--out", str(out)]) == 0
         found[strategy] = json.loads((out / "net.json").read_text())["record"]["result"]
     assert found["mirrored"]["worst_case_per_image"] == found["default"]["worst_case_per_image"]
