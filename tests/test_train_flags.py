@@ -38,6 +38,7 @@ FLAGS = [
     (["--batch-size", "50"], "batch_size", 50),
     (["--seed", "7"], "seed", 7),
     (["--strategy", "mirrored"], "strategy", "mirrored"),
+    (["--mixed-precision"], "mixed_precision", True),
     (["--train-size", "500"], "train_size", 500),
     (["--validation-size", "100"], "validation_size", 100),
     (["--fold", "3"], "fold", 3),
