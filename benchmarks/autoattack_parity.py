@@ -176,8 +176,8 @@ def training_of(path: Path) -> str:
     if not config.exists():
         return ""
     c = json.loads(config.read_text())
-    eps = "" if c.get("method") == "clean" else f" ε={c.get('epsilon'):.3g}"
-    return f"{c.get('method')}{eps} L∞, {c.get('epochs')} epochs, {c.get('architecture')}"
+    eps = "" if c.get("method") == "clean" else f" at L∞ ε={c.get('epsilon'):.3g}"
+    return f"{c.get('method')}{eps}, {c.get('epochs')} epochs, {c.get('architecture')}"
 
 
 def compare(model_name: str, path: Path, norms: list[str], epsilons: dict, x, y, work: Path,
@@ -201,18 +201,18 @@ def compare(model_name: str, path: Path, norms: list[str], epsilons: dict, x, y,
         print(f"  {norm}: ours {np.mean(ours['robust']):.2%} in {ours['seconds']:.1f} s", flush=True)
         theirs, mine = np.array(official["robust"]), np.array(ours["robust"])
         yield {"model": model_name, "path": str(path), "training": training_of(path), "norm": norm,
-                     "epsilon": epsilons[norm], "images": len(x), "logit_difference": difference,
-                     "clean": float(np.mean(official["clean"])),
-                     "official": {"accuracy": float(theirs.mean()), "seconds": official["seconds"],
-                                  "attack_seconds": official["attack_seconds"], "threads": official["threads"],
-                                  "load_average_at_end": official["load"], "command": official["command"]},
-                     "ours": {"accuracy": float(mine.mean()), "seconds": ours["seconds"],
-                              "load_average_at_end": ours["load"], "command": ours["command"]},
-                     "disagree": int((theirs != mine).sum()),
-                     "robust_only_for_ours": int((mine & ~theirs).sum()),
-                     "robust_only_for_official": int((theirs & ~mine).sum()),
-                     "accuracy_met": bool(mine.mean() <= theirs.mean() + ACCURACY_MARGIN + 1e-12),
-                     "speed_met": bool(ours["seconds"] <= official["seconds"])}
+               "epsilon": epsilons[norm], "images": len(x), "logit_difference": difference,
+               "clean": float(np.mean(official["clean"])),
+               "official": {"accuracy": float(theirs.mean()), "seconds": official["seconds"],
+                            "attack_seconds": official["attack_seconds"], "threads": official["threads"],
+                            "load_average_at_end": official["load"], "command": official["command"]},
+               "ours": {"accuracy": float(mine.mean()), "seconds": ours["seconds"],
+                        "load_average_at_end": ours["load"], "command": ours["command"]},
+               "disagree": int((theirs != mine).sum()),
+               "robust_only_for_ours": int((mine & ~theirs).sum()),
+               "robust_only_for_official": int((theirs & ~mine).sum()),
+               "accuracy_met": bool(mine.mean() <= theirs.mean() + ACCURACY_MARGIN + 1e-12),
+               "speed_met": bool(ours["seconds"] <= official["seconds"])}
 
 
 def table(rows: list[dict]) -> str:
