@@ -17,11 +17,13 @@ difference on the images is printed and must be <= 1e-5, else the script stops).
 Each side's time is its whole process, start to exit (whole command against whole script). Printed side by
 side: both robust accuracies, both times, and the images on which they disagree (robust for one, broken by
 the other). Targets (issue 26): ours <= the official + 0.3 points on every model, and ours at least as fast.
-`--out FILE.json` keeps the results and FILE.md the table, both written atomically. Time on a quiet machine
-(`touch /tmp/kp-quiet` first on the shared CPU, `rm -f /tmp/kp-quiet` after).
+`--out FILE.json` keeps the results and FILE.md the table, both written atomically (after every case, so a
+stopped run keeps what it finished). Time on a quiet machine (`touch /tmp/kp-quiet` first on the shared CPU,
+`rm -f /tmp/kp-quiet` after). `--official-threads 1` gives PyTorch one thread: on a loaded CPU its default
+(one per core) made the official FAB-T and Square over ten times slower here.
 
     python benchmarks/autoattack_parity.py --models fgsm-rs=runs/parity/fgsm-rs/model.keras,\
-clean=runs/parity/clean/model.keras --images 1000 --norms linf,l2 --out runs/parity/parity.json
+clean=runs/parity/clean/model.keras --images 1000 --norms linf,l2 --official-threads 1 --out runs/parity/parity.json
 
 `--make-fixture DIR` writes the tests' small case instead (`tests/test_autoattack_parity.py`): a tiny CNN
 trained for a few seconds (`autoattack_parity.keras`), FIXTURE_IMAGES MNIST test images
