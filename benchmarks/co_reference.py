@@ -130,8 +130,8 @@ def train_seed(images: dict, seed: int) -> dict:
     settings = images["pgd"]
     robust = pgd_accuracy(model, xe, ye, epsilon, settings["pgd_step_size"], settings["pgd_steps"],
                           settings["pgd_restarts"])
-    return {"seed": seed, "pgd_val_accuracy": curve, "collapsed": collapsed(curve), "clean": clean_accuracy(model, xe, ye),
-            "pgd": robust, "train_seconds": train_seconds, "images": len(xe),
+    return {"seed": seed, "pgd_val_accuracy": curve, "collapsed": collapsed(curve),
+            "clean": clean_accuracy(model, xe, ye), "pgd": robust, "train_seconds": train_seconds, "images": len(xe),
             "attack": f"PGD-{settings['pgd_steps']} step {settings['pgd_step_size']} x {settings['pgd_restarts']} "
                       "restarts (Wong et al.)"}
 
