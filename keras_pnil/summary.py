@@ -125,7 +125,8 @@ def published_markdown(published: dict, records) -> str:
     """Each published row of a suite (its "published": {method: [rows]}) beside our runs of that method.
 
     A row names its `source`, `settings` (network and training), `attack`, `clean` and `robust` (numbers
-    or text, percent) and the `column` of ours that measures the same thing ("pgd", "autoattack", ...).
+    or text, percent) and the `column` of ours that measures the same thing ("pgd", "autoattack", ...);
+    with `pnil` (true or false) it stands beside our runs with (or without) the PNIL only.
 
     Example:
         >>> row = {"source": "Wong et al. 2020", "settings": "PreActResNet-18", "attack": "PGD-50x10",
@@ -137,9 +138,9 @@ def published_markdown(published: dict, records) -> str:
     lines = ["| method | published: source | settings | attack | clean | robust | ours: run | clean | robust |",
              "|---|---|---|---|---|---|---|---|---|"]
     for method, rows in published.items():
-        ours = [r for r in records if r["method"] == method] or [None]
         for row in rows:
-            for r in ours:
+            ours = [r for r in records if r["method"] == method and row.get("pnil", r["pnil"]) == r["pnil"]]
+            for r in ours or [None]:
                 run, clean, robust = ("not run", "–", "–") if r is None else (
                     Path(r["run"]).name, _percent(r["clean"]), f"{_percent(r.get(row['column']))} "
                                                                f"({row['column'].upper()})")

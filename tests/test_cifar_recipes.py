@@ -197,6 +197,11 @@ def test_the_suite_prices_and_validates_every_run_and_puts_published_rows_beside
     assert "| 86.06 | 46.06 | cifar10-fgsm-rs-wong-baseline | 85.1 | 44.3 (PGD) |" in lines[2]
     assert "| 83.34 | 43.21 | cifar10-fgsm-rs-wong-baseline | 85.1 | 41.0 (AUTOATTACK) |" in lines[3]
     assert any("gradalign" in line and "not run" in line for line in lines)
+    # A published PNIL row stands beside our PNIL run only, a baseline row beside our baseline only.
+    paper = [{"run": f"r/{name}", "method": "paper-nfgsm", "pnil": pnil, "clean": 0.7, "pgd": 0.5}
+             for name, pnil in (("base", False), ("with-pnil", True))]
+    rows = published_markdown({"paper-nfgsm": suite["published"]["paper-nfgsm"]}, paper).splitlines()[2:]
+    assert [row.split(" | ")[6] for row in rows] == ["base", "with-pnil", "with-pnil"]
 
 
 def _write_cifar(directory, per_file: int, seed: int = 0) -> None:
