@@ -16,8 +16,7 @@ import tensorflow as tf
 
 from keras_pnil import models
 from keras_pnil.methods import get_method
-from keras_pnil.schedules import (CoupledSGD, CyclicalLearningRate, MultipliedAdam, OneCycleLearningRate,
-                                  lr_range_test)
+from keras_pnil.schedules import CoupledSGD, CyclicalLearningRate, MultipliedAdam, OneCycleLearningRate, lr_range_test
 from keras_pnil.training import AdversarialModel, adversarial
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
