@@ -155,7 +155,7 @@ def test_the_common_flags_and_every_set_reach_the_plan():
                                              "--eot-samples", "3", "--seed", "2", "--attacks", "pgd,square",
                                              "--set", "square.images=20", "--set", "square.eot_samples=2",
                                              "--set", "pgd.step_size=1/255", "--set", "checks.enabled=false"])
-    request = cli._request(args, model_files=False)
+    request = cli._request(args, autoattack=False)
     assert request.attacks == ("pgd", "square") and request.values["num_images"] == 70
     assert request.values["eot_samples"] == 3 and request.values["seed"] == 2
     assert (request.settings["square"]["images"], request.settings["square"]["eot_samples"]) == (20, 2)
