@@ -113,16 +113,22 @@ def official_child(argv: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- the two sides as whole processes
+def _timed_process(command: list, log: Path, side: str) -> tuple[float, float]:
+    """Runs `command` as a whole process, its output kept in `log`; (wall seconds, load average after)."""
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds, load = time.perf_counter() - start, os.getloadavg()[0]
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode:
+        raise SystemExit(f"{side} failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    return seconds, load
+
+
 def run_official(torch_path: Path, images_path: Path, norm: str, epsilon: float, threads: int, work: Path) -> dict:
     out = work / f"official-{norm}.json"
     command = [sys.executable, __file__, "--official-child", str(torch_path), str(images_path), norm, str(epsilon),
                str(OFFICIAL_BATCH), str(threads), str(out)]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds, load = time.perf_counter() - start, os.getloadavg()[0]
-    (work / f"official-{norm}.log").write_text(done.stdout + done.stderr)
-    if done.returncode:
-        raise SystemExit(f"the official AutoAttack failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    seconds, load = _timed_process(command, work / f"official-{norm}.log", "the official AutoAttack")
     result = json.loads(out.read_text())
     return {**result, "seconds": seconds, "load": load, "command": " ".join(command[1:])}
 
@@ -134,12 +140,7 @@ def run_ours(model_path: Path, images_path: Path, images: int, norm: str, epsilo
     command = [str(executable) if executable.exists() else "keras-pnil-evaluate", str(model_path), "--data",
                str(images_path), "--num-images", str(images), "--epsilon", str(epsilon), "--norm", norm,
                "--out", str(out)]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds, load = time.perf_counter() - start, os.getloadavg()[0]
-    (work / f"ours-{norm}.log").write_text(done.stdout + done.stderr)
-    if done.returncode:
-        raise SystemExit(f"keras-pnil-evaluate failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    seconds, load = _timed_process(command, work / f"ours-{norm}.log", "keras-pnil-evaluate")
     record = json.loads((out / "results.json").read_text())["models"][0]
     common = record["plan"]["common_images"]
     if common != list(range(images)):
