@@ -158,6 +158,7 @@ def preact_resnet18(
     num_classes: int = 10,
     pnil: bool | dict = False,
     seed: int | None = None,
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512),
 ) -> keras.Model:
     """PreActResNet-18 as Wong et al. ("Fast is better than free", `CIFAR10/preact_resnet.py`) and de Jorge et
     al. (N-FGSM) train it on CIFAR-10.
@@ -173,6 +174,7 @@ def preact_resnet18(
         num_classes: Number of logits.
         pnil: Whether to put a `PixelwiseNoiseInjection` first (or a dict of its constructor arguments).
         seed: The PNIL's noise seed.
+        widths: The four stages' channels (the stem has `widths[0]`); narrower than theirs only for quick tests.
 
     Example:
         >>> model = kp.models.preact_resnet18(pnil=True)  # doctest: +SKIP
@@ -180,8 +182,8 @@ def preact_resnet18(
         TensorShape([8, 10])
     """
     inputs, x = _input(input_shape, pnil, seed)
-    x = _conv(x, 64, 3, 1, "conv1", _TORCH_DEFAULT_INIT)
-    for stage, width in enumerate((64, 128, 256, 512), start=1):
+    x = _conv(x, widths[0], 3, 1, "conv1", _TORCH_DEFAULT_INIT)
+    for stage, width in enumerate(widths, start=1):
         for block in range(2):
             x = _preact_block(x, width, 2 if stage > 1 and block == 0 else 1, f"layer{stage}_{block}")
     outputs = _classifier(x, num_classes, bias_initializer=_TORCH_DEFAULT_INIT)
