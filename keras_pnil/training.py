@@ -83,6 +83,7 @@ class AdversarialModel(keras.Model):
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
         self.clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
         self.penalty_trackers = [keras.metrics.Mean(name=name) for name in self.perturbation.penalties]
+        self.method_state = list(self.perturbation.variables)  # tracked: saved and restored with the weights
         # (clean images, the method's batch) while Keras' step runs, for `compute_loss`; per thread, since
         # MirroredStrategy traces each replica's step in a thread of its own.
         self._step_state = threading.local()
@@ -116,6 +117,8 @@ class AdversarialModel(keras.Model):
             return loss
         clean, batch = pending
         terms = self.perturbation.penalty(self._model_fn, clean, batch, y, y_pred)
+        if training:
+            terms = self.perturbation.observe(terms)
         for tracker in self.penalty_trackers:
             term = terms[tracker.name]
             tracker.update_state(term.value)

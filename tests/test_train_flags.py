@@ -54,6 +54,7 @@ FLAGS = [
     (["--pgd-early-stop"], "pgd_early_stop", True),
     (["--method", "gradalign", "--gradalign-lambda", "0.5"], "gradalign_lambda", 0.5),
     (["--elle-lambda", "500"], "elle_lambda", 500.0),
+    (["--elle-adaptive"], "elle_adaptive", True),
     (["--trades-beta", "6"], "trades_beta", 6.0),
     (["--trades-steps", "10"], "trades_steps", 10),
     (["--trades-step-size", "0.03"], "trades_step_size", 0.03),

@@ -139,6 +139,16 @@ class Method:
         """The training batch; runs before Keras' tape (nothing here is differentiated for the weights)."""
         return Batch(self(model_fn, x, y))
 
+    @property
+    def variables(self) -> list:
+        """The method's own state (Keras variables, e.g. an adaptive weight), tracked and saved by the trainer."""
+        return []
+
+    def observe(self, terms: dict[str, Penalty]) -> dict[str, Penalty]:
+        """A training step's terms (never validation's), as they enter the loss: a method with an adaptive
+        weight sets it here and returns the terms with it; by default, unchanged."""
+        return terms
+
     def penalty(self, model_fn, x, batch: Batch, y, y_pred) -> dict[str, Penalty]:
         """Extra loss terms, computed under Keras' tape (so they are differentiated for the weights).
 
