@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Carries the co_study suite's run directories across sessions of a machine that keeps nothing but git.
+#   save:    runs/co_study/co_study/full  ->  docs/results/co_study/artifacts   (the finished runs only, no TensorBoard logs)
+#   restore: docs/results/co_study/artifacts   ->  runs/co_study/co_study/full  (then rerunning the suite resumes)
+# A run directory holds its configuration, weights, history, monitor state and done.json; evaluation/ holds the
+# evaluation records, keyed on the weights, the plan, the images and the library version (so they are read back
+# only by the pinned code that wrote them).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+live=runs/co_study/co_study/full
+kept=docs/results/co_study/artifacts
+case "${1:-}" in
+  save)
+    mkdir -p "$kept/evaluation"
+    for run in "$live"/*/; do
+      name=$(basename "$run")
+      [ "$name" = evaluation ] && continue
+      [ -f "$run/done.json" ] || continue            # unfinished training stays behind (it resumes from its backup)
+      rm -rf "$kept/$name" && mkdir -p "$kept/$name"
+      (cd "$run" && tar --exclude ./logs --exclude ./backup --exclude ./best -cf - .) | (cd "$kept/$name" && tar -xf -)
+    done
+    cp -r "$live/evaluation/." "$kept/evaluation/"   # records, and the stages of an evaluation under way
+    [ -f "$live/timings.json" ] && cp "$live/timings.json" "$kept/"
+    [ -f "$live/figures.json" ] && cp "$live/figures.json" "$kept/"
+    du -sh "$kept" ;;
+  restore)
+    mkdir -p "$live"
+    cp -r "$kept/." "$live/"
+    ls "$live" ;;
+  *) echo "usage: $0 save|restore" >&2; exit 2 ;;
+esac
