@@ -7,6 +7,7 @@ and turn its exceptions into one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -17,12 +18,14 @@ from keras_pnil import experiments, jobs, loading, replicas, report, reproduce, 
 from keras_pnil.attacks.common import progress_bars
 from keras_pnil.attacks.registry import ATTACKS
 from keras_pnil.data import DATASETS, DatasetError, load_npz
+from keras_pnil.evaluation import evaluate
 from keras_pnil.files import check_writable, exclusive, read_json
 from keras_pnil.inputs import check_attack_names
 from keras_pnil.methods import METHODS, Option, all_options
 from keras_pnil.methods import registry as method_registry
 from keras_pnil.models import ARCHITECTURES
 from keras_pnil.plan import PRESETS, PlanRequest
+from keras_pnil.records import read_record
 from keras_pnil.threat import NORMS
 from keras_pnil.validation import check_bounds, check_epsilon, parse_epsilon, parse_radius
 
@@ -346,7 +349,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=list(replicas.STRATEGIES), default="default",
                    help="default: one device; mirrored: every attack data-parallel over this machine's GPUs (its "
                         "logical CPUs without one), with exactly the default's results for the same seed; "
-                        "multi_worker: a TF_CONFIG naming this machine alone (an evaluation spans one machine)")
+                        "multi_worker: the same over the machines of TF_CONFIG, each running this same command "
+                        "(the chief, worker 0, writes --out; the others write nothing)")
     p.add_argument("--out", required=True, help="directory for the tables, results.csv/json and figures")
     p.add_argument("--show-plan", action="store_true", help="print the resolved plan of each target and stop")
     p.add_argument("--estimate-only", action="store_true", help="print the estimated time and stop")
@@ -458,7 +462,7 @@ def evaluate_main(argv=None) -> int:
         prepared = _jobs(args, paths, request, _user_images(args, request))
     except loading.ModelFileError as err:
         raise ValueError(_with_flags(str(err))) from None
-    if not (args.show_plan or args.estimate_only):
+    if not (args.show_plan or args.estimate_only) and spread.is_chief:
         check_writable(out)  # before any attack: a read-only --out must not cost a whole evaluation
     if args.show_plan:
         print(json.dumps({"request": request.to_dict(), "targets": {j.name: j.plan.summary() for j in prepared}},
@@ -468,15 +472,31 @@ def evaluate_main(argv=None) -> int:
     if args.estimate_only:
         return 0
     try:
-        with exclusive(out, "an evaluation"), progress_bars():
-            found = [jobs.run(job, out, print, spread) for job in prepared]
-            written = _write_tables(found, out)
+        with exclusive(out, "an evaluation") if spread.is_chief else contextlib.nullcontext(), progress_bars():
+            found = _run_jobs(prepared, out, spread)
+            written = _write_tables(found, out) if spread.is_chief else []
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    if not spread.is_chief:
+        print(f"worker {spread.worker} of {spread.workers}: done; the chief (worker 0) writes the results")
+        return 0
     print("\n".join(Path(p).read_text() for p in written if str(p).endswith(".md")))
     print(f"Tables: {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _run_jobs(prepared, out: Path, spread: replicas.Replicas) -> list:
+    """Every job's record, each attack spread over `spread`. Across machines the chief tells the other workers
+    which jobs it has finished, so that all attack the rest in step; the others evaluate and write nothing."""
+    if spread.is_chief:
+        if spread.workers > 1:
+            spread.from_chief([read_record(job.record_path(out), job.key) is not None for job in prepared])
+        return [jobs.run(job, out, print, spread) for job in prepared]
+    for job, finished in zip(prepared, spread.from_chief(None), strict=True):
+        if not finished:
+            evaluate(job.model, job.x, job.y, job.plan, progress=print, replicas=spread)
+    return []
 
 
 # The library's advice, in the command's words.

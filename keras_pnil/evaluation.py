@@ -100,8 +100,9 @@ def robustness(model, x, y, epsilon: float, attacks=("pgd", "spsa"), *, norm: st
     model's input range, e.g. (0, 255)) set the threat model; ε is in the units
     of the model's inputs. Inputs are checked first (finite pixels within
     `bounds`, integer labels of the model's classes, a shape it takes).
-    `strategy` "mirrored" spreads every attack over this machine's devices with exactly the same
-    results as "default" (one device) for the same seed (see `keras_pnil.replicas`).
+    `strategy` "mirrored" spreads every attack over this machine's devices, "multi_worker" over the
+    machines of `TF_CONFIG` (each running the same program), with exactly the same results as "default"
+    (one device) for the same seed (see `keras_pnil.replicas`).
     `progress` receives one line per stage (default: the `keras_pnil` logger).
 
     Example:
@@ -140,13 +141,15 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
 
     `store`, if given, keeps each finished stage (`store.load(name)` → the
     per-image accuracies or None; `store.save(name, values)`), so an
-    interrupted evaluation resumes at the next attack.
+    interrupted evaluation resumes at the next attack. Across machines every
+    worker skips the stages the chief's `store` holds, and only the chief saves.
     """
     report = progress or log.info
     if len(x) != plan.num_images:
         raise ValueError(f"the plan is for {plan.num_images} images; got {len(x)}.")
     report(f"[plan] {plan.describe()}")
     replicas = replicas or Replicas()
+    store = replicas.shared(store)
     if replicas.strategy != "default":
         report(f"[devices] attacks run {replicas.describe()}" + (
             " (one device: as the default strategy)" if replicas.count == 1 else ""))
@@ -173,7 +176,7 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
     result = _result(plan, clean, robust)
     result.largest_perturbation = largest
     if plan.checks is not None:
-        result.checks = gradient_masking_checks(model, x, y, plan, clean, robust, report)
+        result.checks = gradient_masking_checks(model, x, y, plan, clean, robust, report, replicas)
     return result
 
 

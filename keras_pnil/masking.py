@@ -4,6 +4,7 @@ an attack actually used (an error above ε)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -11,10 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pnil.attacks.eot import EOT
-from keras_pnil.attacks.pgd import pgd
 from keras_pnil.attacks.registry import get_attack
-from keras_pnil.attacks.square import square
 from keras_pnil.correctness import per_example_correct
+from keras_pnil.plan import AttackPlan
+from keras_pnil.replicas import Replicas
 from keras_pnil.threat import ThreatModel
 
 # Absolute accuracy margins (fractions) behind the checks.
@@ -78,7 +79,8 @@ class Check:
     detail: str
 
 
-def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=None) -> list[Check]:
+def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=None,
+                            replicas: Replicas | None = None) -> list[Check]:
     """The checks of `plan` (an `evaluation.Plan` whose `checks` is set), each a `Check`.
 
     1. A gradient-free attack (SPSA, Square; Square is run here as a witness if
@@ -97,18 +99,21 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
     accuracy on them; `robust` maps each attack that ran to its per-image
     accuracy over all of them (NaN where it did not attack). As everywhere, an
     image counts as robust only if it is also classified right unattacked.
+    The checks' attacks are spread over `replicas` (default: one device), as
+    the evaluation's are, with the same results on any number.
     """
     report = progress or (lambda message: None)
     checks, draws, random, threat = plan.checks, plan.accuracy_draws, plan.random, plan.threat
-    ball = {"norm": threat.norm.name, "bounds": threat.bounds}
+    spread = replicas or Replicas()
     idx = np.asarray(checks.images, dtype=int)
     xs, ys, right = x[idx], y[idx], clean[idx]
     robust, images = dict(robust), {a.name: np.asarray(a.images, dtype=int) for a in plan.attacks}
     if checks.square_witness:
         report(f"[checks] Square ({checks.square_queries} queries, EOT {checks.square_eot_samples}) on "
                f"{len(idx)} images as a gradient-free witness ...")
-        x_square = square(model, xs, ys, plan.epsilon, queries=checks.square_queries,
-                          eot_samples=checks.square_eot_samples, seed=checks.seed, **ball)
+        witness = AttackPlan("square", {"queries": checks.square_queries}, checks.images, checks.square_eot_samples,
+                             checks.seed)
+        x_square = spread.run(witness, model, x, y, threat)
         robust["square"] = np.full(len(x), np.nan)
         robust["square"][idx] = np.minimum(right, per_example_correct(model, x_square, ys, draws, random=random))
         images["square"] = idx
@@ -122,15 +127,17 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
                              f"{name} accuracy minus {strongest}'s on the same {len(on)} images: {-gap:+.3f}"))
     large_epsilon = threat.norm.cube_radius(int(np.prod(np.shape(xs)[1:])), LARGE_EPSILON * threat.width)
     report(f"[checks] {checks.attack} at ε = {large_epsilon:.4g} and with doubled steps/EOT on {len(idx)} images ...")
-    large = _pgd_accuracy(model, xs, ys, right, large_epsilon, checks.pgd_steps, None, checks.eot_samples, draws,
-                          random, checks.seed, ball, checks.attack)
+    large_pgd = AttackPlan(checks.attack, {"steps": checks.pgd_steps}, checks.images, checks.eot_samples, checks.seed)
+    large = _accuracy(spread, model, x, y, large_pgd, dataclasses.replace(threat, epsilon=large_epsilon), right,
+                      draws, random)
     results.append(Check("large-ε PGD", large, large > LARGE_EPSILON_CEILING,
                          f"{checks.attack} accuracy at {threat.norm.title} ε={large_epsilon:.4g} is {large:.3f} "
                          "(should be near 0)"))
     if "pgd" in robust:
         reported = float(np.mean(robust["pgd"][idx]))
-        doubled = _pgd_accuracy(model, xs, ys, right, plan.epsilon, 2 * checks.pgd_steps, checks.pgd_step_size,
-                                2 * checks.eot_samples if random else 1, draws, random, checks.seed, ball)
+        doubled_pgd = AttackPlan("pgd", {"steps": 2 * checks.pgd_steps, "step_size": checks.pgd_step_size},
+                                 checks.images, 2 * checks.eot_samples if random else 1, checks.seed)
+        doubled = _accuracy(spread, model, x, y, doubled_pgd, threat, right, draws, random)
         drop = reported - doubled
         results.append(Check("PGD convergence", -drop, drop > CONVERGENCE_MARGIN,
                              f"doubling steps and EOT samples changes PGD accuracy by {-drop:+.3f}"))
@@ -138,12 +145,10 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
     return results + gradient_health(model, xs, ys, checks.eot_samples)
 
 
-def _pgd_accuracy(model, x, y, clean, epsilon, steps, step_size, eot, draws, random, seed, ball,
-                  attack: str = "pgd") -> float:
-    """PGD's (or `attack`'s) accuracy on `(x, y)`, an image counting only where `clean` (its unattacked
-    accuracy) allows."""
-    if attack == "pgd":
-        x_adv = pgd(model, x, y, epsilon, steps=steps, step_size=step_size, eot_samples=eot, seed=seed, **ball)
-    else:
-        x_adv = get_attack(attack)(model, x, y, epsilon, {"steps": steps}, eot_samples=eot, seed=seed, **ball)
-    return float(np.minimum(clean, per_example_correct(model, x_adv, y, draws, random=random)).mean())
+def _accuracy(spread: Replicas, model, x, y, attack: AttackPlan, threat: ThreatModel, clean, draws: int,
+              random: bool) -> float:
+    """`attack`'s accuracy on its images of `(x, y)` in `threat`'s ball, run over `spread`, an image counting
+    only where `clean` (their unattacked accuracy) allows."""
+    x_adv = spread.run(attack, model, x, y, threat)
+    return float(np.minimum(clean, per_example_correct(model, x_adv, y[np.asarray(attack.images, dtype=int)], draws,
+                                                       random=random)).mean())

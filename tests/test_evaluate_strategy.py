@@ -3,6 +3,9 @@ devices here, set up by conftest before TensorFlow starts) with exactly the one-
 
 import dataclasses
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import keras_pnil as kp
+from keras_pnil import cli as cli_module
 from keras_pnil import replicas
 from keras_pnil.cli import evaluate_main
 from keras_pnil.plan import PlanRequest
@@ -137,18 +141,35 @@ def test_one_device_mirrored_runs_as_the_default_with_a_note():
 def test_multi_worker_takes_a_one_machine_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:12345"]},
                                                 "task": {"type": "worker", "index": 0}}))
-    chosen = replicas.replicas("multi_worker")
+    chosen = replicas.replicas("multi_worker")  # one machine: its devices, as mirrored (no cluster to start)
     assert chosen.strategy == "multi_worker" and chosen.devices == replicas.local_devices()
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
-                                                "task": {"type": "worker", "index": 0}}))
-    with pytest.raises(ValueError, match="an evaluation runs on one machine, and TF_CONFIG names 2"):
-        replicas.replicas("multi_worker")
+    assert (chosen.worker, chosen.workers, chosen.is_chief) == (0, 1, True)
+
+
+CHIEF_AND_TWO = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+
+
+@pytest.mark.parametrize("cluster, task, place", [
+    ({"worker": ["a:1", "b:1", "c:1"]}, {"type": "worker", "index": 2}, (2, 3, "/job:worker/replica:0/task:2")),
+    # A chief comes first; the workers follow it.
+    (CHIEF_AND_TWO, {"type": "chief", "index": 0}, (0, 3, "/job:chief/replica:0/task:0")),
+    (CHIEF_AND_TWO, {"type": "worker", "index": 0}, (1, 3, "/job:worker/replica:0/task:0")),
+])
+def test_a_cluster_places_each_task_among_its_workers(cluster, task, place):
+    worker = replicas.cluster_worker(json.dumps({"cluster": cluster, "task": task}))
+    assert (worker.index, worker.count, worker.task) == place
 
 
 @pytest.mark.parametrize("argv, environment, message", [
     (["--strategy", "ring"], None, "argument --strategy: invalid choice: 'ring'"),
     (["--strategy", "multi_worker"], None, "error: strategy multi_worker needs the TF_CONFIG environment variable"),
     (["--strategy", "multi_worker"], "not json", "error: TF_CONFIG is not a JSON object with a cluster"),
+    (["--strategy", "multi_worker"], '{"cluster": {"worker": "a:1"}}', "error: TF_CONFIG is not a JSON object with"),
+    (["--strategy", "multi_worker"], json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "ps"}}),
+     """error: TF_CONFIG's task {"type": "ps"} is not a chief or worker of its cluster (it has: worker 0, worker 1)"""),
+    (["--strategy", "multi_worker"], json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                 "task": {"type": "worker", "index": 2}}),
+     "is not a chief or worker of its cluster (it has: worker 0, worker 1); set its task to this machine's place"),
 ])
 def test_bad_strategies_are_one_line_errors_before_any_work(tmp_path, monkeypatch, capsys, argv, environment,
                                                             message):
@@ -182,3 +203,57 @@ def test_an_error_on_one_replica_reaches_the_caller(two_devices, monkeypatch):
     with pytest.raises(ValueError, match="chunk 1 failed"):
         replicas.replicas("mirrored").run(plan.attacks[0], model, x, y, plan.threat)
     assert 16 in ran
+
+
+class _Cluster:
+    """The workers' all-reduce for threads standing in for the machines: each adds its value, all get the sum."""
+
+    def __init__(self, count: int):
+        self.slots, self.barrier = [None] * count, threading.Barrier(count, timeout=30)
+
+    def all_sum(self, spread, value):
+        self.slots[spread.worker] = value
+        self.barrier.wait()
+        total = sum(self.slots)
+        self.barrier.wait()  # every worker has its sum before the next round writes
+        return total
+
+    def run(self, work) -> list:
+        """`work(spread)` on each worker, in a thread of its own."""
+        spreads = [replicas.Replicas("multi_worker", (), w, len(self.slots)) for w in range(len(self.slots))]
+        with ThreadPoolExecutor(len(spreads)) as pool:
+            return [f.result() for f in [pool.submit(work, spread) for spread in spreads]]
+
+
+def test_every_worker_skips_the_stages_and_jobs_the_chief_finished(monkeypatch, tmp_path):
+    cluster = _Cluster(2)
+    monkeypatch.setattr(replicas.Replicas, "_all_sum", lambda spread, value: cluster.all_sum(spread, value))
+    chief_store = {"clean": np.array([1.0, np.nan, 0.5])}
+
+    class Store(dict):
+        def load(self, name):
+            return self.get(name)
+
+        def save(self, name, values):
+            self[name] = values
+
+    def stages(spread):
+        store = spread.shared(Store(chief_store) if spread.is_chief else Store())
+        loaded = [store.load("clean"), store.load("pgd")]
+        store.save("pgd", np.zeros(3))
+        return loaded, store.store
+
+    (chief, chief_saved), (other, other_saved) = cluster.run(stages)
+    np.testing.assert_array_equal(other[0], [1.0, np.nan, 0.5])  # the chief's stage, NaN where it did not attack
+    assert chief[1] is None and other[1] is None  # neither has PGD: both attack it
+    assert "pgd" in chief_saved and other_saved is None  # only the chief keeps stages
+
+    # The evaluate command's jobs: the chief has the first one's record; the other worker evaluates only the second.
+    jobs = [SimpleNamespace(name=n, key=n * 3, record_path=lambda out, n=n: out / f"{n}.json", model=n, x=None, y=None,
+                            plan=None) for n in ("a", "b")]
+    kp.records.write_record(tmp_path / "a.json", "aaa", {"record": {}})
+    ran = []
+    monkeypatch.setattr(cli_module.jobs, "run", lambda job, out, progress, spread: ran.append(("run", job.name)))
+    monkeypatch.setattr(cli_module, "evaluate", lambda model, *a, **k: ran.append(("evaluate", model)))
+    cluster.run(lambda spread: cli_module._run_jobs(jobs, tmp_path, spread))
+    assert sorted(ran) == [("evaluate", "b"), ("run", "a"), ("run", "b")]
