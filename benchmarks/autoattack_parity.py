@@ -51,7 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-OFFICIAL_NORMS = {"linf": "Linf", "l2": "L2"}
+OFFICIAL_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 EPSILONS = {"linf": 0.3, "l2": 2.0}  # MNIST's usual radii: L∞ 0.3 (Madry et al.), L2 2.0 (Croce and Hein)
 LOGIT_TOLERANCE = 1e-5
 ACCURACY_MARGIN = 0.003  # the target: ours <= the official + 0.3 points
@@ -311,7 +311,7 @@ def main() -> None:
                                             "clean=runs/parity/clean/model.keras",
                         help="NAME=PATH.keras pairs, comma-separated")
     parser.add_argument("--images", type=int, default=1000, help="the first N MNIST test images (default 1000)")
-    parser.add_argument("--norms", default="linf,l2", help="comma-separated, from linf, l2")
+    parser.add_argument("--norms", default="linf,l2", help="comma-separated, from linf, l2, l1 (l1: give its ε)")
     parser.add_argument("--epsilons", default=",".join(f"{k}={v}" for k, v in EPSILONS.items()),
                         help="NORM=ε pairs (default linf=0.3,l2=2.0)")
     parser.add_argument("--work", default="runs/parity/work", help="the two sides' files and logs")

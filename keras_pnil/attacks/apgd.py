@@ -1,7 +1,9 @@
-"""Auto-PGD (Croce and Hein, 2020) in L∞ and L2, and APGD-L1 (Croce and Hein, 2021, "Mind the box"):
-untargeted with the CE or DLR loss, and APGD-T; EOT gradients."""
+"""Auto-PGD (Croce and Hein, 2020) in L∞ and L2, and APGD-L1 (Croce and Hein, 2021, "Mind the box") with its
+optional larger-ε warm-up: untargeted with the CE or DLR loss, and APGD-T; EOT gradients."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +29,9 @@ NORMS_BUILT = ("linf", "l2", "l1")
 # the steps the sparsity is set to the best point's, / 1.5, and the step (ε at first) is divided by 1.5 unless
 # the best point got sparser by 5 % (then it is reset to ε and the attack restarts from it), never under ε/10.
 L1_START_SPARSITY, L1_PERIOD, L1_SHRINK, L1_SPARSER, L1_MIN_STEP = 0.2, 0.04, 1.5, 0.95, 10.0
+# APGD-L1's larger-ε warm-up (AutoAttack's L1 standard version, `use_largereps`): (radius as a multiple of ε,
+# tenths of the steps): 3ε, 2ε, then ε for the rest (see `l1_warmup_schedule`).
+L1_WARMUP = ((3.0, 3), (2.0, 3), (1.0, 4))
 
 
 def _per_draw_loss(name: str):
@@ -132,25 +137,54 @@ def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, momen
     return attack
 
 
-def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, momentum: float, rho: float,
-                   rng: tf.random.Generator, signature: list):
-    """APGD-L1 for one batch (Croce and Hein, 2021): sparse steps projected onto the L1 ball ∩ the input
-    range, no momentum, the sparsity and step adapted every `L1_PERIOD` of the steps (see the constants)."""
-    evaluate = _evaluator(model_fn, loss)
-    epsilon, period = threat.epsilon, max(int(L1_PERIOD * steps), 1)
+def l1_warmup_schedule(steps: int) -> list[tuple[float, int]]:
+    """APGD-L1's larger-ε warm-up (AutoAttack's `use_largereps`): (radius as a multiple of ε, iterations) per phase.
 
-    @tf.function(input_signature=signature)
-    def attack(x, y, target):
+    Radii 3ε, 2ε, ε over ⌈30 %⌉, ⌈30 %⌉ and the rest of `steps` (at least 3;
+    the last phase gets no iteration at 4 steps, as in the official code).
+
+    Example:
+        >>> l1_warmup_schedule(100)
+        [(3.0, 30), (2.0, 30), (1.0, 40)]
+    """
+    steps = check_count("steps", steps)
+    if steps < len(L1_WARMUP):
+        raise ValueError(f"APGD-L1's larger-ε warm-up needs at least {len(L1_WARMUP)} steps (one per radius); "
+                         f"got steps={steps}. Give more steps or warmup=False.")
+    first = [-(-steps * tenths // 10) for _, tenths in L1_WARMUP[:-1]]  # ⌈share · steps⌉ in integers
+    return [(multiple, n) for (multiple, _), n in zip(L1_WARMUP, [*first, steps - sum(first)], strict=True)]
+
+
+def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, rng: tf.random.Generator,
+                   signature: list, warmup: bool = False):
+    """APGD-L1 for one batch (Croce and Hein, 2021): sparse steps projected onto the L1 ball ∩ the input
+    range, no momentum, the sparsity and step adapted every `L1_PERIOD` of a phase's steps (see the constants).
+
+    One phase of `steps` at ε, or with `warmup` the phases of `l1_warmup_schedule`, each starting from the
+    previous one's highest-loss point projected onto its own ball (the first from a Gaussian draw projected
+    onto its ball, the official start); only the last phase's adversarial points count."""
+    evaluate = _evaluator(model_fn, loss)
+    phases = l1_warmup_schedule(steps) if warmup else [(1.0, steps)]
+    balls = [(replace(threat, epsilon=threat.epsilon * multiple), n) for multiple, n in phases]
+
+    def moved(z, x):  # per image, the coordinates z changes
+        return tf.reduce_sum(tf.cast(tf.reshape(tf.abs(z - x), [tf.shape(x)[0], -1]) > 1e-10, tf.float32), axis=1)
+
+    def phase(ball: ThreatModel, phase_steps: int, x, y, target, x_k, chained: bool):
+        epsilon, period = ball.epsilon, max(int(L1_PERIOD * phase_steps), 1)
         features = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-        x_k = threat.random_start(rng, x)
         loss_k, grad, fooled = evaluate(x_k, y, target)
         best_adv = tf.where(per_image(fooled, x), x_k, x)
         ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
         eta = tf.fill(tf.shape(loss_k), epsilon)
-        sparsity = tf.fill(tf.shape(loss_k), L1_START_SPARSITY)
-        moved_before = tf.fill(tf.shape(loss_k), features)
-        for k in tf.range(steps):
-            x_next = threat.project(x_k + per_image(eta, x) * threat.ascent(grad, sparsity), x)
+        if chained:  # a phase given its start: the sparsity is the start's, as in the official code
+            moved_before = moved(x_k, x)
+            sparsity = moved_before / features / L1_SHRINK
+        else:
+            sparsity = tf.fill(tf.shape(loss_k), L1_START_SPARSITY)
+            moved_before = tf.fill(tf.shape(loss_k), features)
+        for k in tf.range(phase_steps):
+            x_next = ball.project(x_k + per_image(eta, x) * ball.ascent(grad, sparsity), x)
             loss_next, grad_next, fooled = evaluate(x_next, y, target)
             best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
             ever_fooled |= fooled
@@ -160,26 +194,45 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, mo
             loss_best = tf.where(improved, loss_next, loss_best)
             x_k, grad = x_next, grad_next
             if (k + 1) % period == 0:
-                moved = tf.reduce_sum(tf.cast(tf.reshape(tf.abs(x_best - x), [tf.shape(x)[0], -1]) > 1e-10,
-                                              tf.float32), axis=1)
-                sparser = moved / moved_before < L1_SPARSER
-                sparsity, moved_before = moved / features / L1_SHRINK, moved
+                moved_now = moved(x_best, x)
+                sparser = moved_now / moved_before < L1_SPARSER
+                sparsity, moved_before = moved_now / features / L1_SHRINK, moved_now
                 eta = tf.clip_by_value(tf.where(sparser, epsilon, eta / L1_SHRINK), epsilon / L1_MIN_STEP, epsilon)
                 x_k = tf.where(per_image(sparser, x), x_best, x_k)
                 grad = tf.where(per_image(sparser, x), grad_best, grad)
-        return tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
+        return x_best, tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
+
+    @tf.function(input_signature=signature)
+    def attack(x, y, target):
+        x_k = x + rng.normal(tf.shape(x))
+        for ball, phase_steps in balls:
+            x_k, adv, fooled = phase(ball, phase_steps, x, y, target, ball.project(x_k, x), chained=warmup)
+        return adv, fooled
 
     return attack
 
 
 def _compiled_apgd(model, x, threat: ThreatModel, steps: int, loss: str, momentum: float, rho: float,
-                   eot_samples: int | None, seed: int | None):
+                   warmup: bool, eot_samples: int | None, seed: int | None):
     model_fn = EOT(model, eot_samples, images=x)
-    graph = _apgd_l1_graph if threat.norm.name == "l1" else _apgd_graph  # L1's own schedule (the 2021 paper)
-    attack = compiled(model, ("apgd", np.shape(x)[1:], model_fn.samples, threat, steps, loss, momentum, rho),
-                      lambda rng: graph(model_fn, threat, steps, loss, momentum, rho, rng,
-                                        batch_signature(x, 2)), seed)
-    return model_fn, attack
+
+    def build(rng):
+        if threat.norm.name == "l1":  # L1's own schedule (the 2021 paper)
+            return _apgd_l1_graph(model_fn, threat, steps, loss, rng, batch_signature(x, 2), warmup)
+        return _apgd_graph(model_fn, threat, steps, loss, momentum, rho, rng, batch_signature(x, 2))
+
+    key = ("apgd", np.shape(x)[1:], model_fn.samples, threat, steps, loss, momentum, rho, warmup)
+    return model_fn, compiled(model, key, build, seed)
+
+
+def _check_warmup(warmup: bool, threat: ThreatModel, steps: int) -> bool:
+    """`warmup`, checked: only APGD-L1 has the larger-ε warm-up, and it needs a step per radius."""
+    if warmup and threat.norm.name != "l1":
+        raise ValueError(f"the larger-ε warm-up is APGD-L1's; norm={threat.norm.name!r} has none. "
+                         "Use norm='l1' or warmup=False.")
+    if warmup:
+        l1_warmup_schedule(steps)
+    return bool(warmup)
 
 
 def _attack_standing(attack, x, y, targets, x_adv, fooled, batch_size: int, label: str) -> None:
@@ -192,14 +245,17 @@ def _attack_standing(attack, x, y, targets, x_adv, fooled, batch_size: int, labe
 
 def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", restarts: int = 1,
          momentum: float = 0.75, rho: float = 0.75, norm: str = "linf", bounds=DEFAULT_BOUNDS,
-         eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> np.ndarray:
+         warmup: bool = False, eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+         seed: int | None = 0) -> np.ndarray:
     """Auto-PGD, untargeted, in L∞, L2 or L1, with EOT gradients on random models.
 
     L∞ and L2: step size 2ε halved at the paper's checkpoints when fewer than
     `rho` of the steps since the last checkpoint raised the loss or the best
     loss has not moved (then restarting from the best point); momentum 0.75;
     steps along sign(∇) or ∇/‖∇‖₂, projected exactly onto the ball ∩ the input
-    range. L1: APGD-L1's sparse steps and schedule (see `L1_START_SPARSITY`).
+    range. L1: APGD-L1's sparse steps and schedule (see `L1_START_SPARSITY`)
+    from a Gaussian draw projected onto the ball, and with `warmup` the
+    larger-ε warm-up of AutoAttack's L1 version (`l1_warmup_schedule`).
 
     Args:
         model: A Keras model that outputs logits.
@@ -212,6 +268,8 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
         momentum, rho: The paper's momentum and step-halving threshold (L∞ and L2).
         norm: "linf", "l2" or "l1".
         bounds: The model's input range (lo, hi).
+        warmup: L1 only: each restart runs at 3ε, 2ε, then ε (`l1_warmup_schedule`;
+            at least 3 steps), each phase from the last one's highest-loss point.
         eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
         seed: Seed of the attack's own random generator.
@@ -227,8 +285,9 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
                                      attack="apgd", norms=NORMS_BUILT)
     steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     check_choice("APGD loss", loss, LOSSES)
+    warmup = _check_warmup(warmup, threat, steps)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    _, attack = _compiled_apgd(model, x, threat, steps, loss, momentum, rho, eot_samples, seed)
+    _, attack = _compiled_apgd(model, x, threat, steps, loss, momentum, rho, warmup, eot_samples, seed)
     x_adv, fooled = x.copy(), np.zeros(len(x), bool)
     for restart in range(restarts):
         _attack_standing(attack, x, y, y, x_adv, fooled, batch_size, f"apgd-{loss} {restart + 1}/{restarts}")
@@ -237,7 +296,7 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
 
 def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int = TARGET_CLASSES,
                   momentum: float = 0.75, rho: float = 0.75, norm: str = "linf", bounds=DEFAULT_BOUNDS,
-                  eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                  warmup: bool = False, eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   seed: int | None = 0) -> np.ndarray:
     """APGD-T: APGD with the targeted DLR loss, once per target class (Croce and Hein, 2020).
 
@@ -256,6 +315,7 @@ def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int
         momentum, rho: APGD's momentum and step-halving threshold.
         norm: "linf", "l2" or "l1" (as `apgd`).
         bounds: The model's input range (lo, hi).
+        warmup: L1 only: the larger-ε warm-up for each target (as `apgd`).
         eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
         seed: Seed of the attack's own random generator.
@@ -267,10 +327,11 @@ def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int
     x, y, threat = check_attack_args(model, x, y, epsilon, batch_size, norm=norm, bounds=bounds,
                                      attack="apgd-t", norms=NORMS_BUILT)
     steps, targets = check_count("steps", steps), check_count("targets", targets)
+    warmup = _check_warmup(warmup, threat, steps)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     if not len(x):
         return x.copy()
-    model_fn, attack = _compiled_apgd(model, x, threat, steps, "dlr-t", momentum, rho, eot_samples, seed)
+    model_fn, attack = _compiled_apgd(model, x, threat, steps, "dlr-t", momentum, rho, warmup, eot_samples, seed)
     classes = eot_scores(model_fn, x[:1]).shape[1]  # from the output itself: any model, subclassed too
     if classes < 4:
         raise ValueError(f"APGD-T needs at least 4 classes; model {model.name!r} has {classes}.")

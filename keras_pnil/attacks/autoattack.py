@@ -1,11 +1,13 @@
 """An AutoAttack-style ensemble (Croce and Hein, 2020) for Keras models, EOT-aware, composed per norm.
 
 As the official code composes it (`autoattack.py`, `set_version`): `standard`
-runs APGD-CE, APGD-T, FAB-T and Square in L∞ and L2; in L1 APGD-CE with 5
-restarts, APGD-T with 5 targets and FAB-T (Square has no L1 version here, and
-APGD-L1's larger-ε warm-up, `use_largereps`, is not built: so an L1 run is
-never labelled AutoAttack's budget, see `OFFICIAL_NORMS`). `rand` runs APGD-CE
-and APGD-DLR with EOT in any norm.
+runs APGD-CE, APGD-T, FAB-T and Square in every norm; in L∞ and L2 APGD-CE
+once and APGD-T with 9 targets; in L1 APGD-CE with 5 restarts and APGD-T with
+5 targets, both with APGD-L1's larger-ε warm-up (`use_largereps`: 3ε, 2ε,
+then ε, see `keras_pnil.attacks.apgd.l1_warmup_schedule`), FAB-T with 9 and
+Square in L1 (`keras_pnil.attacks.square`). Every norm's standard version is
+the official one (`OFFICIAL_NORMS`). `rand` runs APGD-CE and APGD-DLR with EOT
+in any norm.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_pnil.attacks.apgd import apgd, apgd_targeted
+from keras_pnil.attacks.apgd import apgd, apgd_targeted, l1_warmup_schedule
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
     TARGET_CLASSES,
@@ -31,8 +33,8 @@ from keras_pnil.validation import check_choice
 
 VERSIONS = ("standard", "rand")
 NORMS_BUILT = ("linf", "l2", "l1")
-# The norms whose standard composition here is the official one (L1 lacks Square and the larger-ε warm-up).
-OFFICIAL_NORMS = ("linf", "l2")
+# The norms whose standard composition here is the official one.
+OFFICIAL_NORMS = ("linf", "l2", "l1")
 L1_RESTARTS, L1_TARGETS = 5, 5  # the official L1 standard version's APGD-CE restarts and APGD-T targets
 
 
@@ -53,12 +55,10 @@ def _stages(version: str, norm: str, steps: int, queries: int, targets: int, fab
     if version == "rand":
         return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce"}),
                 "apgd-dlr": (apgd, {"steps": steps, "loss": "dlr"})}
-    if norm == "l1":
-        return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce", "restarts": L1_RESTARTS}),
-                "apgd-t": (apgd_targeted, {"steps": steps, "targets": min(targets, L1_TARGETS)}),
-                "fab-t": (fab_targeted, {"steps": fab_steps, "targets": targets})}
-    return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce"}),
-            "apgd-t": (apgd_targeted, {"steps": steps, "targets": targets}),
+    l1 = norm == "l1"  # more APGD-CE restarts, fewer APGD-T targets, both with the larger-ε warm-up
+    return {"apgd-ce": (apgd, {"steps": steps, "loss": "ce", "restarts": L1_RESTARTS if l1 else 1, "warmup": l1}),
+            "apgd-t": (apgd_targeted, {"steps": steps, "targets": min(targets, L1_TARGETS) if l1 else targets,
+                                       "warmup": l1}),
             "fab-t": (fab_targeted, {"steps": fab_steps, "targets": targets}),
             "square": (square, {"queries": queries})}
 
@@ -79,8 +79,8 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
     in turn, each on the images the previous ones left classified right;
     `rand`, the default for random models (see `probe`), runs APGD-CE and
     APGD-DLR with EOT. In L1 the standard version is the official L1 one (see
-    the module's docstring). An image counts as right when the EOT prediction
-    names its label.
+    the module's docstring: `steps` must then be at least 3, for the
+    warm-up). An image counts as right when the EOT prediction names its label.
 
     Returns:
         `(x_adv, report)`: per image the first input that broke it, else the
@@ -91,6 +91,8 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
     model_fn = EOT(model, eot_samples, images=x)
     version = version or ("rand" if model_fn.random else "standard")
     check_choice("AutoAttack version", version, VERSIONS)
+    if version == "standard" and threat.norm.name == "l1":
+        l1_warmup_schedule(steps)  # enough steps for the warm-up, checked before any stage runs
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     x_adv, right = x.copy(), classified_right(model_fn, x, y, batch_size)
     broken_by = np.where(right, None, "clean").astype(object)

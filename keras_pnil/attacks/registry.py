@@ -213,7 +213,8 @@ register(AttackSpec("square", square, {"queries": _QUERIES}, lambda s: f"Square 
 
 
 def _autoattack_words(s: Mapping) -> str:
-    return (f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; L1: no Square; rand with EOT: APGD-CE, APGD-DLR; "
+    return (f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; L1: APGD-CE 5 restarts and APGD-T 5 targets, "
+            f"each warmed up at 3ε then 2ε; rand with EOT: APGD-CE, APGD-DLR; "
             f"APGD {s['apgd_steps']} steps, {s['targets']} targets, FAB {s['fab_steps']} steps, "
             f"Square {s['queries']} queries)")
 

@@ -1,18 +1,23 @@
-"""The Square attack (Andriushchenko et al., 2020): L∞ or L2, untargeted, score-based and gradient-free."""
+"""The Square attack (Andriushchenko et al., 2020): L∞, L2 or L1 (as AutoAttack's code has it), untargeted,
+score-based and gradient-free."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
 
 from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, batch_signature, check_attack_args, compiled, run_batched
 from keras_pnil.attacks.eot import EOT
-from keras_pnil.threat import DEFAULT_BOUNDS, ThreatModel
+from keras_pnil.threat import DEFAULT_BOUNDS, Norm, ThreatModel
 from keras_pnil.validation import check_count
 
-NORMS_BUILT = ("linf", "l2")
-# Σ_{k<=n} 1/(k+1)²: the L2 windows' concentric rings weigh 1/(k+1)² (the paper's meta-pattern).
-_RINGS = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 4097) ** 2)]).astype(np.float32)
+NORMS_BUILT = ("linf", "l2", "l1")
+# The L2 and L1 windows' meta-pattern (`_meta_pattern`): concentric rings weighing 1/(k+1)^power.
+RING_POWER = {"l2": 2.0, "l1": 4.0}
+START_GRID = 5  # the L2 and L1 start: a grid of 5 × 5 windows (`_grid_start`)
+L1_RADIUS_SLACK = 1e-6  # L1 projects onto the ball of radius ε(1 - slack), as the official code does
 
 
 def _square_fraction(p_init: float, query, queries: int):
@@ -82,40 +87,80 @@ def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: floa
     return attack
 
 
-def _rings(rows, cols, top, left, side, flip):
-    """The paper's L2 meta-pattern on a window: two halves of opposite sign (split across rows, or across
-    columns where `flip`), each concentric rings around its centre weighing Σ_{k>=d} 1/(k+1)² at ring d."""
-    u, v = tf.where(flip, cols, rows), tf.where(flip, rows, cols)
-    u0, v0 = tf.where(flip, left, top), tf.where(flip, top, left)
+def _meta_pattern(norm: Norm, side, power: float):
+    """The official code's window pattern (`eta`) on a side × side grid: its rows split in two halves, + on
+    the first and − on the second, each concentric square rings around its centre where ring d weighs
+    Σ_{k>=d} 1/(k+1)^power; each half of unit norm, then the whole (L2: power 2; L1: power 4, L1 norms)."""
+    u, v = tf.range(side)[:, None], tf.range(side)[None, :]
     half = side // 2
-    first = u < u0 + half
-    start, length = tf.where(first, u0, u0 + half), tf.where(first, half, side - half)
-    d = tf.maximum(tf.abs(u - (start + length // 2)), tf.abs(v - (v0 + side // 2)))
-    outer = tf.maximum(length, side) // 2
-    value = tf.gather(_RINGS, outer + 1) - tf.gather(_RINGS, tf.minimum(d, outer + 1))
-    return tf.where(_window(rows, cols, top, left, side), tf.where(first, value, -value), 0.0)
+    first = u < half
+    centre = tf.where(first, half // 2, half + (side - half) // 2)
+    ring = tf.maximum(tf.abs(u - centre), tf.abs(v - side // 2))
+    weights = tf.pow(tf.cast(tf.range(side // 2 + 1) + 1, tf.float32), -power)
+    value = tf.gather(tf.cumsum(weights, reverse=True), ring)
+
+    def unit(t):
+        return tf.math.divide_no_nan(t, norm.distance(tf.reshape(t, [1, -1]))[0])
+
+    return unit(unit(tf.where(first, value, 0.0)) - unit(tf.where(first, 0.0, value)))
 
 
-def _square_l2_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, rng: tf.random.Generator,
+def _placed(pattern, u, v, side, flip):
+    """`pattern` read at window coordinates (u, v), transposed where `flip`; 0 outside the window."""
+    inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
+    u, v = tf.clip_by_value(u, 0, side - 1), tf.clip_by_value(v, 0, side - 1)
+    return tf.where(inside, tf.gather_nd(pattern, tf.stack([tf.where(flip, v, u), tf.where(flip, u, v)], -1)), 0.0)
+
+
+def _grid_start(norm: Norm, power: float, rng: tf.random.Generator, batch, height: int, width: int,
+                channels: int):
+    """The official L2 and L1 start: a grid of windows of side s = ⌊height/5⌋ (at least 1; the official code
+    fails below 5 pixels), ⌊height/s⌋ × ⌊width/s⌋ of them from the offset that centres five, each holding the
+    meta-pattern (transposed at random) with a random sign per channel; 0 elsewhere."""
+    side = max(height // START_GRID, 1)
+    offset = max((height - START_GRID * side) // 2, 0)
+    cells = (height // side, width // side)
+    rows, cols = np.arange(height) - offset, np.arange(width) - offset
+    cell = np.clip(rows // side, 0, cells[0] - 1)[:, None] * cells[1] + np.clip(cols // side, 0, cells[1] - 1)[None]
+    valid = ((rows >= 0) & (rows // side < cells[0]))[:, None] & ((cols >= 0) & (cols // side < cells[1]))[None]
+    u = np.broadcast_to((rows % side)[:, None], cell.shape)
+    v = np.broadcast_to((cols % side)[None], cell.shape)
+    flips = tf.gather(rng.uniform([batch, cells[0] * cells[1]], 0, 2, tf.int32) > 0, cell, axis=1)  # [B, H, W]
+    signs = tf.gather(tf.sign(rng.uniform([batch, cells[0] * cells[1], channels], -1.0, 1.0)), cell, axis=1)
+    value = _placed(_meta_pattern(norm, side, power), tf.constant(u), tf.constant(v), side, flips)
+    return tf.where(tf.constant(valid)[None], value, 0.0)[..., None] * signs
+
+
+def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, rng: tf.random.Generator,
                      signature: list):
-    """Square in L2 (the paper's Algorithm 3): each query moves the perturbation's mass of two windows into a
-    fresh meta-pattern on the first (a random sign per channel), keeping the norm at ε (then clipped into the
-    input range, which can only shorten it). The start is ±1 stripes scaled to norm ε."""
+    """Square in L2 (the paper's Algorithm 3) or L1, as the official code composes them: each query moves the
+    perturbation's mass of two windows into a fresh meta-pattern on the first (`_meta_pattern`, a random sign
+    per channel) plus the first window's old content, scaled to that mass and an equal share per channel of
+    the unused radius; L2 then rescales the whole to norm ε and clips it into the input range, L1 (whose
+    window the official code scales by the channel count) projects it onto the L1 ball ∩ the range. Windows
+    have an odd side of at least 3 pixels (at most the image's) and every position, the last one included
+    (the official code never draws it); the start is `_grid_start`, brought into the ball the same way."""
     margin_of = _margin(model_fn)
-    epsilon, (lo, hi) = threat.epsilon, threat.bounds
+    norm, epsilon, (lo, hi) = threat.norm, threat.epsilon, threat.bounds
+    p, power = norm.p, RING_POWER[norm.name]
+    ball = replace(threat, epsilon=epsilon * (1.0 - L1_RADIUS_SLACK)) if norm.name == "l1" else threat
 
     def signs(shape):
         return tf.sign(rng.uniform(shape, -1.0, 1.0))
 
-    def sq(t, axes=(1, 2)):
-        return tf.reduce_sum(tf.square(t), axis=axes, keepdims=True)
+    def lp(t, axes=(1, 2)):  # per-channel (or, with axes (1, 2, 3), per-image) norms
+        return tf.pow(tf.reduce_sum(tf.pow(tf.abs(t), p), axis=axes, keepdims=True), 1.0 / p)
+
+    def into_ball(x, delta):
+        if norm.name == "l1":
+            return ball.project(x + delta, x)
+        return tf.clip_by_value(x + epsilon * tf.math.divide_no_nan(delta, lp(delta, (1, 2, 3))), lo, hi)
 
     @tf.function(input_signature=signature)
     def attack(x, y):
         batch, height, width = tf.unstack(tf.shape(x)[:3])
-        channels = x.shape[-1]
-        stripes = signs([batch, 1, width, channels]) * tf.ones_like(x)
-        x_best = tf.clip_by_value(x + epsilon * stripes / tf.sqrt(sq(stripes, (1, 2, 3))), lo, hi)
+        static_height, static_width, channels = x.shape[1:]  # static, so the loop keeps x_best's shape
+        x_best = into_ball(x, _grid_start(norm, power, rng, batch, static_height, static_width, channels))
         margin = margin_of(x_best, y)
         rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
         for query in tf.range(1, queries):
@@ -123,20 +168,22 @@ def _square_l2_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
                 break
             side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, queries)
                                             * tf.cast(height * width, tf.float32))), tf.int32)
-            side = tf.clip_by_value(side, 2, height - 1)
+            side = tf.maximum(side, 3)
+            side = tf.minimum(side + 1 - side % 2, tf.minimum(height, width))  # odd, within the image
             first, second = ([rng.uniform([batch, 1, 1], 0, extent - side + 1, tf.int32) for extent in (height, width)]
                              for _ in range(2))
-            w1, both = _window(rows, cols, *first, side), _window(rows, cols, *first, side) | _window(
-                rows, cols, *second, side)
-            w1, both = tf.cast(w1, x.dtype)[..., None], tf.cast(both, x.dtype)[..., None]
+            w1 = tf.cast(_window(rows, cols, *first, side), x.dtype)[..., None]
+            both = tf.maximum(w1, tf.cast(_window(rows, cols, *second, side), x.dtype)[..., None])
             delta = x_best - x
-            spare = tf.nn.relu(epsilon ** 2 - sq(delta, (1, 2, 3))) / channels
-            budget = sq(delta * both) + spare  # per channel: the windows' mass and an equal share of what is unused
             flip = rng.uniform([batch, 1, 1], 0, 2, tf.int32) > 0
-            pattern = _rings(rows, cols, *first, side, flip)[..., None] * signs([batch, 1, 1, channels])
-            fresh = pattern / tf.sqrt(sq(pattern) + 1e-24) + delta * w1 / tf.sqrt(sq(delta * w1) + 1e-24)
-            fresh = fresh * tf.sqrt(budget / (sq(fresh) + 1e-24))
-            x_new = tf.clip_by_value(x + delta * (1.0 - both) + fresh, lo, hi)
+            pattern = _placed(_meta_pattern(norm, side, power), rows - first[0] + 0 * cols,
+                              cols - first[1] + 0 * rows, side, flip)
+            fresh = pattern[..., None] * signs([batch, 1, 1, channels]) + tf.math.divide_no_nan(delta * w1,
+                                                                                              lp(delta * w1))
+            spare = tf.nn.relu(epsilon ** p - tf.pow(lp(delta, (1, 2, 3)), p)) / channels
+            mass = tf.pow(spare + tf.pow(lp(delta * both), p), 1.0 / p) * (channels if norm.name == "l1" else 1)
+            fresh = tf.math.divide_no_nan(fresh, lp(fresh)) * mass
+            x_new = into_ball(x, delta * (1.0 - both) + fresh)
             margin_new = margin_of(x_new, y)
             x_best, margin = _keep_better(x, x_new, x_best, margin_new, margin)
         return x_best
@@ -147,15 +194,20 @@ def _square_l2_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
 def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
            bounds=DEFAULT_BOUNDS, eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
            seed: int | None = 0) -> np.ndarray:
-    """The Square attack (L∞, or L2 with the paper's windows of concentric rings), with every score the EOT
-    mean over the model's noise draws.
+    """The Square attack (L∞; L2 and L1 with the windows of concentric rings of AutoAttack's code), with every
+    score the EOT mean over the model's noise draws.
 
-    Random ±ε vertical stripes to start, then one random square window per
-    query (its side shrinking on the paper's schedule from `p_init` of the
-    image) set to a fresh ±ε per channel, kept only if it lowers the margin.
-    On a random model the greedy acceptance then follows the expected score,
-    not one draw's luck. Images already misclassified stop moving; a batch
-    stops when all are.
+    L∞: random ±ε vertical stripes to start, then one random square window
+    per query (its side shrinking on the paper's schedule from `p_init` of
+    the image) set to a fresh ±ε per channel, kept only if it lowers the
+    margin. L2 and L1: a grid of ring patterns to start, then per query the
+    mass of two windows moved into a fresh ring pattern on the first
+    (`_square_lp_graph`). On a random model the greedy acceptance then
+    follows the expected score, not one draw's luck. Images already
+    misclassified stop moving; a batch stops when all are.
+
+    Example:
+        >>> x_adv = square(model, x, y, 12.0, norm="l1", queries=5000)
 
     Args:
         model: A Keras model that outputs logits, on NHWC images.
@@ -163,7 +215,7 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
         epsilon: The radius, in the units of the model's inputs.
         queries: Score queries per image (AutoAttack: 5000).
         p_init: Initial fraction of the image a square covers.
-        norm: "linf" or "l2" (no L1 version).
+        norm: "linf", "l2" or "l1".
         bounds: The model's input range (lo, hi).
         eot_samples: Noise draws per score (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
@@ -180,7 +232,7 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
     x, y, threat = check_attack_args(model, x, y, epsilon, batch_size, norm=norm, bounds=bounds, attack="square",
                                      norms=NORMS_BUILT)
     model_fn = EOT(model, eot_samples, images=x)
-    graph = _square_l2_graph if threat.norm.name == "l2" else _square_graph
+    graph = _square_graph if threat.norm.name == "linf" else _square_lp_graph
     attack = compiled(model, ("square", np.shape(x)[1:], model_fn.samples, threat, queries, p_init),
                       lambda rng: graph(model_fn, threat, queries, p_init, rng, batch_signature(x)), seed)
     return run_batched(attack, x, y, batch_size, f"square {queries} queries")
