@@ -286,6 +286,8 @@ def _timed(timings: dict, key: str, fn):
 def _stored_records(suite: dict, budget: str, specs, runs_dir: Path, data_dir=None) -> tuple[list, list]:
     """The runs of `specs` finished and evaluated for `budget` so far, and their records (nothing is computed)."""
     request, cache = suite_request(suite, budget), {}
+    for spec in specs:  # a report of the suite's runs only: one the suite no longer asks for is an error
+        runs.check_same_run(train_config(suite, budget, spec, data_dir), runs_dir / spec.name)
     done = [(spec, runs.evaluate_run(runs_dir / spec.name, request, runs_dir / "evaluation", cache,
                                      data_dir=data_dir, stored_only=True, label=spec.method))
             for spec in specs if runs.is_finished(runs_dir / spec.name)]
@@ -308,6 +310,9 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
     runs_dir, results_dir = Path(runs_root) / suite_name / budget, Path(results_root) / suite_name / budget
     for path in (runs_dir, results_dir):
         path.mkdir(parents=True, exist_ok=True)
+    configs = {spec.name: train_config(suite, budget, spec, data_dir) for spec in specs}
+    for spec in specs:  # before any work: a finished run is reused only if the suite still asks for it
+        runs.check_same_run(configs[spec.name], runs_dir / spec.name)
     timings_path = runs_dir / "timings.json"
     timings = _read_timings(timings_path)
     data_cache, records = {}, []
@@ -320,7 +325,7 @@ def run_suite(suite: dict, budget: str, datasets=None, runs_root="runs/reproduce
         if runs.is_finished(run):
             log.info(f"{run} holds a finished run: not trained again")
         else:
-            config = train_config(suite, budget, spec, data_dir)
+            config = configs[spec.name]
             _timed(timings, f"train/{spec.name}",
                    lambda: log.info(runs.train_run(config, run, data_cache[spec.dataset])))
         atomic_write_json(timings_path, timings)  # kept if the evaluation is killed

@@ -182,6 +182,48 @@ def _check_optimizer(config: dict) -> None:
                          f"weight_decay={decay} with optimizer {config['optimizer']!r}.")
 
 
+# What a run directory adds to its configuration (the training images and validation indices it derived, the
+# range test's bounds, the method's keywords, which its compared options determine) and where the data lay:
+# not part of what was asked for.
+_DERIVED = frozenset({"data_dir", "n_train", "validation_indices", "lr_bounds", "method_options"})
+
+
+def configuration_changes(config: dict, run) -> list[str]:
+    """How the configuration `config` (from `training_config`) differs from the one stored in the directory
+    `run`, as `key: stored → asked` lines; empty when `run` holds none or the same one.
+
+    Compared: every key but those the run derives itself (`_DERIVED`; and the rate bounds a range test
+    chose) and other methods' options. A key the stored configuration lacks (a run made before the key
+    existed) counts as its default, the behaviour of the code that made it.
+
+    Example:
+        >>> configuration_changes(training_config({"dataset": "mnist", "epochs": 3}), "runs/new")
+        []
+    """
+    path = Path(run) / CONFIG
+    if not path.exists():
+        return []
+    stored, asked = read_json(path), json.loads(json.dumps(config))
+    others = {o.key for o in all_options()} - {o.key for o in METHODS[asked["method"]].options}
+    skip = _DERIVED | others | ({"base_lr", "max_lr"} if asked.get("lr_range_test") else set())
+    changes = []
+    for key in sorted(set(asked) | set(stored)):
+        old = stored.get(key, TRAIN_DEFAULTS.get(key))
+        if key not in skip and old != asked.get(key, TRAIN_DEFAULTS.get(key)):
+            changes.append(f"{key}: {old!r} → {asked.get(key)!r}")
+    return changes
+
+
+def check_same_run(config: dict, run) -> None:
+    """A `RunError` if the directory `run` holds a run of another configuration: a killed run resumes, and a
+    finished one is reused, only under exactly the configuration that made it."""
+    changes = configuration_changes(config, run)
+    if changes:
+        raise RunError(f"{run} holds a run of another configuration ({'; '.join(changes[:4])}"
+                       f"{f'; {len(changes) - 4} more' if len(changes) > 4 else ''}): train into a new directory, "
+                       "or delete this one to train it again.")
+
+
 def is_finished(run) -> bool:
     """Whether `run` holds a finished training run (its planned epochs ran and its model was saved)."""
     return (Path(run) / DONE).exists()
@@ -292,6 +334,7 @@ def train_run(config: dict, out, data=None) -> str:
     """
     recipe.strategy(config["strategy"])  # first: a multi-worker strategy must exist before any TensorFlow op
     out = _worker_directory(Path(out), config["strategy"])
+    check_same_run(config, out)  # before any work: a resumed run is the run it was
     (x_train, y_train), (x_test, y_test) = data or datasets.load_dataset(config["dataset"], config["data_dir"])
     train_idx, val_idx = training_indices(config, len(x_train), len(x_test))
     out.mkdir(parents=True, exist_ok=True)
