@@ -1,3 +1,5 @@
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -62,3 +64,26 @@ def test_square_windows_shrink_on_the_papers_schedule(recorder, channels):
     assert len(sides) > 60
     assert sides == {q: SIDES[q] for q in sides}
     assert (mixed_windows > 20) == (channels == 3)  # a fresh sign per channel (each window: 3 in 4 mix them)
+
+
+def test_square_windows_follow_a_10000_query_schedule_when_told_as_autoattack_runs_it(recorder):
+    # schedule_queries=10000 on 100 queries (the official ensemble's resc_schedule=False): the fraction halves
+    # only after queries 10 and 50 of the same 10, 50, 200, ... boundaries, so the side is round(√(p · 256)),
+    # clipped to 15: 14 (p = 0.8) up to query 10, 10 (p = 0.4) up to 50, then 7 (p = 0.2).
+    model = keras.Sequential([keras.Input((16, 16, 1)), recorder, Constant()])
+    kp.square(model, np.full((1, 16, 16, 1), 0.5, np.float32), np.array([0]), 0.1, queries=100, p_init=0.8,
+              schedule_queries=10000)
+    start, *queries = [batch[0] for batch in recorder.seen[-100:]]
+    sides = {q: int(np.any(p != start, axis=-1).sum(0).max()) for q, p in enumerate(queries, start=1)
+             if np.any(p != start)}
+    expected = {**dict.fromkeys(range(1, 11), 14), **dict.fromkeys(range(11, 51), 10),
+                **dict.fromkeys(range(51, 100), 7)}
+    assert len(sides) > 60 and sides == {q: expected[q] for q in sides}
+
+
+def test_autoattacks_square_stage_uses_the_unrescaled_schedule():
+    ensemble = importlib.import_module("keras_pnil.attacks.autoattack")  # the package exports the function
+
+    stages = ensemble._stages("standard", "linf", 100, 5000, 9, 100)
+    assert stages["square"][1] == {"queries": 5000, "schedule_queries": 10000}
+    assert ensemble._stages("standard", "l2", 100, 5000, 9, 100)["square"][1]["schedule_queries"] == 10000

@@ -5,8 +5,10 @@ runs APGD-CE, APGD-T, FAB-T and Square in every norm; in L∞ and L2 APGD-CE
 once and APGD-T with 9 targets; in L1 APGD-CE with 5 restarts and APGD-T with
 5 targets, both with APGD-L1's larger-ε warm-up (`use_largereps`: 3ε, 2ε,
 then ε, see `keras_pnil.attacks.apgd.l1_warmup_schedule`), FAB-T with 9 and
-Square in L1 (`keras_pnil.attacks.square`). Every norm's standard version is
-the official one (`OFFICIAL_NORMS`). `rand` runs APGD-CE and APGD-DLR with EOT
+Square in L1 (`keras_pnil.attacks.square`); Square's windows shrink on the
+schedule of a 10,000-query run whatever its queries, as the official ensemble
+calls it (`resc_schedule=False`). Every norm's standard version is the
+official one (`OFFICIAL_NORMS`). `rand` runs APGD-CE and APGD-DLR with EOT
 in any norm.
 """
 
@@ -27,7 +29,7 @@ from keras_pnil.attacks.common import (
 )
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.attacks.fab import fab_targeted
-from keras_pnil.attacks.square import square
+from keras_pnil.attacks.square import SCHEDULE_QUERIES, square
 from keras_pnil.threat import DEFAULT_BOUNDS
 from keras_pnil.validation import check_choice
 
@@ -60,7 +62,7 @@ def _stages(version: str, norm: str, steps: int, queries: int, targets: int, fab
             "apgd-t": (apgd_targeted, {"steps": steps, "targets": min(targets, L1_TARGETS) if l1 else targets,
                                        "warmup": l1}),
             "fab-t": (fab_targeted, {"steps": fab_steps, "targets": targets}),
-            "square": (square, {"queries": queries})}
+            "square": (square, {"queries": queries, "schedule_queries": SCHEDULE_QUERIES})}
 
 
 def stage_names(version: str, norm: str) -> list[str]:

@@ -20,10 +20,15 @@ START_GRID = 5  # the L2 and L1 start: a grid of 5 × 5 windows (`_grid_start`)
 L1_RADIUS_SLACK = 1e-6  # L1 projects onto the ball of radius ε(1 - slack), as the official code does
 
 
-def _square_fraction(p_init: float, query, queries: int):
-    """The paper's schedule: the square's pixel fraction halves at fixed fractions of a 10,000-query run."""
+SCHEDULE_QUERIES = 10000  # the run the paper's window schedule is written for
+
+
+def _square_fraction(p_init: float, query, schedule: int):
+    """The paper's schedule: the square's pixel fraction halves at fixed fractions of a run of `schedule`
+    queries (at queries 10, 50, 200, ... of a 10,000-query run)."""
     boundaries = tf.constant([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000], tf.float32)
-    halvings = tf.reduce_sum(tf.cast(tf.cast(query, tf.float32) * 10000.0 / queries > boundaries, tf.float32))
+    halvings = tf.reduce_sum(tf.cast(tf.cast(query, tf.float32) * float(SCHEDULE_QUERIES) / schedule > boundaries,
+                                     tf.float32))
     return p_init / tf.pow(2.0, halvings)
 
 
@@ -52,7 +57,8 @@ def _window(rows, cols, top, left, side):
     return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
 
-def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, rng: tf.random.Generator,
+def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, schedule: int,
+                  rng: tf.random.Generator,
                   signature: list):
     margin_of = _margin(model_fn)
     epsilon, (lo, hi) = threat.epsilon, threat.bounds
@@ -71,7 +77,7 @@ def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: floa
         for query in tf.range(1, queries):
             if tf.reduce_all(margin <= 0.0):
                 break
-            side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, queries)
+            side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, schedule)
                                             * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.clip_by_value(side, 1, height - 1)
             top = rng.uniform([batch, 1, 1], 0, height - side + 1, tf.int32)
@@ -131,7 +137,8 @@ def _grid_start(norm: Norm, power: float, rng: tf.random.Generator, batch, heigh
     return tf.where(tf.constant(valid)[None], value, 0.0)[..., None] * signs
 
 
-def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, rng: tf.random.Generator,
+def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, schedule: int,
+                     rng: tf.random.Generator,
                      signature: list):
     """Square in L2 (the paper's Algorithm 3) or L1, as the official code composes them: each query moves the
     perturbation's mass of two windows into a fresh meta-pattern on the first (`_meta_pattern`, a random sign
@@ -166,7 +173,7 @@ def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
         for query in tf.range(1, queries):
             if tf.reduce_all(margin <= 0.0):
                 break
-            side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, queries)
+            side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, schedule)
                                             * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.maximum(side, 3)
             side = tf.minimum(side + 1 - side % 2, tf.minimum(height, width))  # odd, within the image
@@ -193,7 +200,7 @@ def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
 
 def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
            bounds=DEFAULT_BOUNDS, eot_samples: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-           seed: int | None = 0) -> np.ndarray:
+           seed: int | None = 0, schedule_queries: int | None = None) -> np.ndarray:
     """The Square attack (L∞; L2 and L1 with the windows of concentric rings of AutoAttack's code), with every
     score the EOT mean over the model's noise draws.
 
@@ -220,11 +227,15 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
         eot_samples: Noise draws per score (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
         seed: Seed of the attack's own random generator.
+        schedule_queries: The run the window schedule spans (default `queries`: the schedule rescaled to
+            the run, as the official Square's own default). AutoAttack's ensemble passes 10,000, as the official
+            ensemble does (`resc_schedule=False`): with 5,000 queries its windows then shrink half as often.
 
     Returns:
         The adversarial images, a NumPy array shaped like `x`.
     """
     queries = check_count("queries", queries)
+    schedule = queries if schedule_queries is None else check_count("schedule_queries", schedule_queries)
     if not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must lie in (0, 1]; got {p_init!r}.")
     if np.ndim(x) != 4:
@@ -233,6 +244,6 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
                                      norms=NORMS_BUILT)
     model_fn = EOT(model, eot_samples, images=x)
     graph = _square_graph if threat.norm.name == "linf" else _square_lp_graph
-    attack = compiled(model, ("square", np.shape(x)[1:], model_fn.samples, threat, queries, p_init),
-                      lambda rng: graph(model_fn, threat, queries, p_init, rng, batch_signature(x)), seed)
+    attack = compiled(model, ("square", np.shape(x)[1:], model_fn.samples, threat, queries, p_init, schedule),
+                      lambda rng: graph(model_fn, threat, queries, p_init, schedule, rng, batch_signature(x)), seed)
     return run_batched(attack, x, y, batch_size, f"square {queries} queries")
