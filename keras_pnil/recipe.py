@@ -135,7 +135,18 @@ _STRATEGIES: dict[str, tf.distribute.Strategy] = {}
 
 
 def worker_index() -> int | None:
-    """This process's index among the workers of `TF_CONFIG` (0 is the chief), or None without one."""
+    """This process's place among the chief and the workers of `TF_CONFIG`, the chief first (0: the chief, or
+    worker 0 of a cluster without one), or None without one.
+
+    Example:
+        >>> os.environ["TF_CONFIG"] = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+        ...                                       "task": {"type": "worker", "index": 0}})  # doctest: +SKIP
+        >>> worker_index()  # doctest: +SKIP
+        1
+    """
     config = json.loads(os.environ.get("TF_CONFIG", "{}"))
     task = config.get("task", {})
-    return int(task.get("index", 0)) if task.get("type") in ("worker", "chief") else None
+    if task.get("type") not in ("worker", "chief"):
+        return None
+    chiefs = len(config.get("cluster", {}).get("chief", [])) if task["type"] == "worker" else 0
+    return chiefs + int(task.get("index", 0))

@@ -70,3 +70,20 @@ def test_a_suite_does_not_reuse_a_finished_run_it_no_longer_asks_for(tmp_path):
     with pytest.raises(runs.RunError, match="gradalign_lambda: 99.0 → "):
         reproduce.run_suite(suite, "quick", runs_root=tmp_path, results_root=tmp_path / "results",
                             suite_name="co_study", report_only=True)
+
+
+@pytest.mark.parametrize("cluster, task, index", [
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 0}, 0),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1}, 1),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"type": "chief", "index": 0}, 0),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"type": "worker", "index": 0}, 1),  # not the chief's folder
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"type": "worker", "index": 1}, 2),
+    ({"worker": ["a:1"], "ps": ["b:1"]}, {"type": "ps", "index": 0}, None),
+])
+def test_a_multi_worker_training_process_writes_into_its_own_place(monkeypatch, tmp_path, cluster, task, index):
+    from keras_pnil import recipe
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert recipe.worker_index() == index
+    expected = tmp_path if not index else tmp_path / f"worker-{index}"
+    assert runs._worker_directory(tmp_path, "multi_worker") == expected
