@@ -194,7 +194,8 @@ def test_the_l1_standard_version_is_the_official_composition():
     stages = _stages("standard", "l1", steps=100, queries=5000, targets=9, fab_steps=100)
     assert stages["apgd-ce"][1] == {"steps": 100, "loss": "ce", "restarts": 5, "warmup": True}
     assert stages["apgd-t"][1] == {"steps": 100, "targets": 5, "warmup": True}
-    assert stages["fab-t"][1] == {"steps": 100, "targets": 9} and stages["square"][1] == {"queries": 5000, "schedule_queries": 10000}
+    assert stages["fab-t"][1] == {"steps": 100, "targets": 9}
+    assert stages["square"][1] == {"queries": 5000, "schedule_queries": 10000}
     linf = _stages("standard", "linf", steps=100, queries=5000, targets=9, fab_steps=100)
     assert linf["apgd-ce"][1]["restarts"] == 1 and not linf["apgd-t"][1]["warmup"]
     assert "l1" in OFFICIAL_NORMS and "l1" in get_attack("square").norms

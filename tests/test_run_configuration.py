@@ -57,19 +57,20 @@ def test_the_train_command_refuses_to_resume_another_configuration(tmp_path, cap
 
 
 def test_a_suite_does_not_reuse_a_finished_run_it_no_longer_asks_for(tmp_path):
-    suite = reproduce.load_suite("co_study")
+    suite = reproduce.load_suite("co_study_regularisers")
     spec = next(s for s in reproduce.grid(suite, "quick") if s.method == "gradalign")
-    runs_dir = tmp_path / "co_study" / "quick"
+    runs_dir = tmp_path / "co_study_regularisers" / "quick"
     config = reproduce.train_config(suite, "quick", spec)
+    assert config["gradalign_lambda"] == 0.1  # the suite's, not the default
     (runs_dir / spec.name).mkdir(parents=True)
     atomic_write_json(runs_dir / spec.name / runs.CONFIG, {**config, "gradalign_lambda": 99.0})
     atomic_write_json(runs_dir / spec.name / runs.DONE, {"summary": "made with another lambda", "epochs": 2})
     with pytest.raises(runs.RunError, match="gradalign_lambda: 99.0 → "):
         reproduce.run_suite(suite, "quick", runs_root=tmp_path, results_root=tmp_path / "results",
-                            suite_name="co_study")
+                            suite_name="co_study_regularisers")
     with pytest.raises(runs.RunError, match="gradalign_lambda: 99.0 → "):
         reproduce.run_suite(suite, "quick", runs_root=tmp_path, results_root=tmp_path / "results",
-                            suite_name="co_study", report_only=True)
+                            suite_name="co_study_regularisers", report_only=True)
 
 
 @pytest.mark.parametrize("cluster, task, index", [

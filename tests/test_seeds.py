@@ -91,8 +91,11 @@ def test_a_method_seed_and_a_seed_axis_together_are_refused(tmp_path):
 
 def test_the_co_study_suite_has_five_seeds_of_every_method(tmp_path):
     specs = reproduce.grid(reproduce.load_suite("co_study"), "full")
-    assert len(specs) == 2 * 5 * (2 + 2 + 4)  # data sets x seeds x (two methods with and without PNIL, four without)
+    assert len(specs) == 2 * 5 * (2 + 2 + 2)  # data sets x seeds x (two methods with and without PNIL, two without)
     assert {s.seed for s in specs} == {0, 1, 2, 3, 4}
+    regularisers = reproduce.grid(reproduce.load_suite("co_study_regularisers"), "full")
+    assert len(regularisers) == 2 * 5 * 2 and {s.method for s in regularisers} == {"gradalign", "elle"}
+    assert {s.seed for s in regularisers} == {0, 1, 2, 3, 4}
 
 
 def test_the_summary_has_a_collapsed_column_by_the_same_rule(tmp_path):
