@@ -109,6 +109,13 @@ def test_input_gradient_signs_agree_with_float32_and_underflow_without_loss_scal
     # without a PNIL, 0.77 with one), 26 % and 23 % of the pixels' gradients underflowing to exactly zero.
     unscaled = _agreement(reference["unscaled"], mixed["unscaled"])
     assert unscaled < 0.9, unscaled
+    # Not only the signs: the scale is divided out again, so each image's gradient keeps float32's size (FAB's
+    # linearisation reads it). float16's rounding of a confident image's logits moves its gradient's norm by up
+    # to 0.6-1.8x (measured); a scale left in would multiply it by 2^10 and more.
+    for path in ("input_gradient", "EOT", "training"):
+        norms = [np.linalg.norm(g.reshape(len(x), -1), axis=1) for g in (reference[path], mixed[path])]
+        ratio = norms[1][norms[0] > 0] / norms[0][norms[0] > 0]
+        assert np.all((ratio > 0.25) & (ratio < 4.0)), (path, ratio.min(), ratio.max())
     assert np.mean(mixed["unscaled"][reference["unscaled"] != 0] == 0) > 0.05
 
 
