@@ -155,13 +155,21 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
             " (one device: as the default strategy)" if replicas.count == 1 else ""))
     draws, random = plan.accuracy_draws, plan.random
     clean = _stage(store, "clean", lambda: per_example_correct(model, x, y, draws, random=random), report)
-    robust, largest = {}, {}
+    robust, largest, stages = {}, {}, {}
+    witness = plan.checks.stage_witness if plan.checks is not None else None
     for attack in plan.attacks:
         def run(attack=attack):
             report(f"[{attack.name}] attacking {len(attack.images)} images (EOT {attack.eot_samples}) ...")
             idx = np.asarray(attack.images, dtype=int)
             values = np.full(len(x), np.nan)
-            x_adv = replicas.run(attack, model, x, y, plan.threat)
+            staged = {"staged": True} if attack.name == witness else {}
+            x_adv = replicas.run(attack, model, x, y, plan.threat, **staged)
+            if attack.name == witness:  # the ensemble's stages, for the masking checks
+                x_adv, codes = x_adv
+                stages[attack.name] = np.full(len(x), np.nan)
+                stages[attack.name][idx] = codes
+                if store is not None:  # saved before the attack's own stage: read back with it
+                    store.save(f"{attack.name}.stages", stages[attack.name])
             largest[attack.name] = largest_perturbation(plan.threat, x_adv, x[idx], attack.name)  # error above ε
             values[idx] = per_example_correct(model, x_adv, y[idx], draws, random=random)
             return values
@@ -171,12 +179,17 @@ def evaluate(model, x, y, plan: Plan, *, store=None, progress: Callable[[str], N
         size = _stage(store, f"{attack.name}.largest", lambda a=attack: np.array([largest.get(a.name, np.nan)]),
                       lambda message: None)
         largest[attack.name] = float(size[0])
+        if attack.name == witness and attack.name not in stages:  # the attack was read back: its stages too
+            stages[attack.name] = store.load(f"{attack.name}.stages")
+            if stages[attack.name] is None:
+                raise RuntimeError(f"the stored {attack.name} results have no record of its stages: delete the "
+                                   "evaluation's stored stages and run it again.")
         report(f"[{attack.name}] accuracy {np.nanmean(robust[attack.name]):.4f}, largest {plan.threat.norm.title} "
                f"perturbation {largest[attack.name]:.4g} (ε={plan.epsilon:.4g})")
     result = _result(plan, clean, robust)
     result.largest_perturbation = largest
     if plan.checks is not None:
-        result.checks = gradient_masking_checks(model, x, y, plan, clean, robust, report, replicas)
+        result.checks = gradient_masking_checks(model, x, y, plan, clean, robust, report, replicas, stages)
     return result
 
 

@@ -22,6 +22,9 @@ from keras_pnil.threat import ThreatModel
 GRADIENT_FREE_MARGIN = 0.05
 CONVERGENCE_MARGIN = 0.03
 LARGE_EPSILON_CEILING = 0.10
+# AutoAttack's own check (`check_square_sr`): its Square stage lowering the robust accuracy its gradient stages
+# left by more than 0.2 points is a sign that those stages were misled.
+STAGE_WITNESS_MARGIN = 0.002
 LARGE_EPSILON = 0.5  # half the input range on every pixel (its L2/L1 norm for those norms): any image turns grey
 # A perturbation counts as above ε beyond float32 rounding of the projection.
 NORM_TOLERANCE = 1e-4
@@ -80,14 +83,18 @@ class Check:
 
 
 def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=None,
-                            replicas: Replicas | None = None) -> list[Check]:
+                            replicas: Replicas | None = None, stages: dict | None = None) -> list[Check]:
     """The checks of `plan` (an `evaluation.Plan` whose `checks` is set), each a `Check`.
 
     1. A gradient-free attack (SPSA, Square; Square is run here as a witness if
        it was not among the attacks) beating the strongest gradient attack (any
        attack that uses gradients, AutoAttack's ensemble included) by more than
        `GRADIENT_FREE_MARGIN` on the images both saw: the gradients mislead the
-       gradient attacks.
+       gradient attacks. An ensemble whose last stage is gradient-free
+       (AutoAttack's standard version: Square) is instead its own witness, as
+       in AutoAttack's own check: that stage breaking more than
+       `STAGE_WITNESS_MARGIN` of the images its gradient stages left robust
+       (`stages[name]`: per image the position of the stage that broke it).
     2. PGD (APGD-CE in L1) at a radius that reaches any image's grey version
        (`LARGE_EPSILON` of the input range on every pixel) must reach near-zero
        accuracy; above `LARGE_EPSILON_CEILING` the gradient attack is not working.
@@ -117,7 +124,8 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
         robust["square"] = np.full(len(x), np.nan)
         robust["square"][idx] = np.minimum(right, per_example_correct(model, x_square, ys, draws, random=random))
         images["square"] = idx
-    results = []
+    results = [] if checks.stage_witness is None else [
+        stage_witness(checks.stage_witness, (stages or {}).get(checks.stage_witness), random, threat.norm.name)]
     gradient = [name for name in robust if not get_attack(name).gradient_free]
     for name in (n for n in robust if get_attack(n).gradient_free and gradient):
         on = functools.reduce(np.intersect1d, [images[g] for g in gradient], images[name])
@@ -143,6 +151,22 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
                              f"doubling steps and EOT samples changes PGD accuracy by {-drop:+.3f}"))
     report(f"[checks] input gradients on {len(idx)} images (zero, NaN/inf) ...")
     return results + gradient_health(model, xs, ys, checks.eot_samples)
+
+
+def stage_witness(name: str, codes, random: bool, norm: str) -> Check:
+    """AutoAttack's own masking check on the ensemble `name`: the share of its images that its last,
+    gradient-free stage broke after every gradient stage had failed (`codes`: per image the position of the
+    stage that broke it, NaN where it did not attack), flagged above `STAGE_WITNESS_MARGIN`."""
+    names = get_attack(name).stages(random, norm)
+    if codes is None:
+        raise ValueError(f"the masking checks need {name}'s stages (which stage broke each image); none were given.")
+    codes = np.asarray(codes, np.float64)
+    codes = codes[~np.isnan(codes)]
+    last = len(names) - 1
+    share = float(np.mean(codes == last)) if len(codes) else 0.0
+    return Check(f"{names[-1]} stage of {name}", share, share > STAGE_WITNESS_MARGIN,
+                 f"{name}'s {names[-1]} stage broke {int(np.sum(codes == last))} of {len(codes)} images after its "
+                 f"gradient stages ({share:.3f}; AutoAttack's own check warns above {STAGE_WITNESS_MARGIN})")
 
 
 def _accuracy(spread: Replicas, model, x, y, attack: AttackPlan, threat: ThreatModel, clean, draws: int,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from keras_pnil.attacks.autoattack import OFFICIAL_NORMS
+from keras_pnil.attacks.common import attack_batch_size
 from keras_pnil.attacks.eot import DEFAULT_EOT_SAMPLES
 from keras_pnil.attacks.registry import ATTACKS, GRADIENT_COST, check_norm_support, get_attack
 from keras_pnil.inputs import check_attack_names
@@ -224,15 +225,18 @@ class PlanRequest:
         queries = self.checks["square_queries"] or square["queries"]
         eot = self._eot("square", random)
         pgd = self.settings["pgd"]
-        # Square witnesses against the gradient attacks: run it when it is not an attack already, some
-        # gradient attack is there to be compared with, and Square has a version in the norm.
+        # An ensemble with a gradient-free stage after its gradient stages (AutoAttack's standard version:
+        # Square) is its own witness, as in AutoAttack's own check; else Square witnesses against the gradient
+        # attacks: run when it is not an attack already, some gradient attack is there to be compared with,
+        # and Square has a version in the norm.
         names = [a.name for a in attacks]
-        witness = ("square" not in names and any(not get_attack(n).gradient_free for n in names)
-                   and norm in get_attack("square").norms)
+        stage_witness = next((n for n in names if _gradient_free_stage(n, random, norm)), None)
+        witness = (stage_witness is None and "square" not in names
+                   and any(not get_attack(n).gradient_free for n in names) and norm in get_attack("square").norms)
         # The large-ε check's gradient attack: PGD, or APGD-CE in a norm PGD has no version in (L1).
         attack = "pgd" if norm in get_attack("pgd").norms else "apgd-ce"
         return ChecksPlan(chosen, pgd["steps"], pgd["step_size"], self._eot("pgd", random), queries, eot, seed,
-                          witness, attack)
+                          witness, attack, stage_witness)
 
     def _eot(self, name: str, random: bool) -> int:
         """The EOT draws of the attack `name`: its own, else the plan's, on a random model; one otherwise."""
@@ -240,6 +244,14 @@ class PlanRequest:
         if spec.fixed_eot:
             return spec.fixed_eot
         return (self.settings[name]["eot_samples"] or self.values["eot_samples"]) if random else 1
+
+
+def _gradient_free_stage(name: str, random: bool, norm: str) -> bool:
+    """Whether the attack `name` is an ensemble whose last stage is gradient-free (a witness of its own)."""
+    spec = get_attack(name)
+    stages = spec.stages(random, norm) if spec.stages else []
+    return bool(stages) and get_attack(stages[-1]).gradient_free and any(
+        not get_attack(stage).gradient_free for stage in stages[:-1])
 
 
 def _check_setting(attack: str, name: str, value) -> Any:
@@ -278,11 +290,14 @@ class AttackPlan:
         """Forward-pass equivalents of running it."""
         return len(self.images) * self.spec.cost(self.settings, self.eot_samples)
 
-    def run(self, model, x, y, threat: ThreatModel) -> np.ndarray:
-        """The adversarial images of `x[self.images]` (x, y: all evaluation images) in `threat`'s ball."""
+    def run(self, model, x, y, threat: ThreatModel, staged: bool = False):
+        """The adversarial images of `x[self.images]` (x, y: all evaluation images) in `threat`'s ball; with
+        `staged` (an ensemble), the pair (images, per image the position of the stage that broke it)."""
         idx = np.asarray(self.images, dtype=int)
-        return self.spec(model, x[idx], y[idx], threat.epsilon, self.settings, eot_samples=self.eot_samples,
-                         seed=self.seed, norm=threat.norm.name, bounds=threat.bounds)
+        call = self.spec.call_staged if staged else self.spec
+        return call(model, x[idx], y[idx], threat.epsilon, self.settings, eot_samples=self.eot_samples,
+                    seed=self.seed, norm=threat.norm.name, bounds=threat.bounds,
+                    batch_size=attack_batch_size(np.shape(x)[1:], self.eot_samples))
 
 
 @dataclass(frozen=True)
@@ -298,6 +313,7 @@ class ChecksPlan:
     seed: int
     square_witness: bool  # Square runs here, as a gradient-free witness against the gradient attacks
     attack: str = "pgd"  # the gradient attack of the large-ε check (APGD-CE where PGD has no version in the norm)
+    stage_witness: str | None = None  # an ensemble whose last, gradient-free stage is the witness (AutoAttack)
 
     def cost(self) -> float:
         pgd = self.pgd_steps * self.eot_samples * GRADIENT_COST * 3  # large-ε PGD, then steps and EOT doubled
@@ -371,6 +387,8 @@ class Plan:
         if self.checks is not None and self.checks.square_witness:
             parts.append(f"Square {self.checks.square_queries} queries on {len(self.checks.images)} images "
                          "(masking witness)")
+        if self.checks is not None and self.checks.stage_witness:
+            parts.append(f"{self.checks.stage_witness}'s last stage as the masking witness")
         parts.append(f"Min on the {len(self.common_images)} images every attack saw")
         parts.append(f"random model: accuracy over {self.accuracy_draws} draws" if self.random
                      else "deterministic model: no EOT, one draw")

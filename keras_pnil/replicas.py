@@ -174,12 +174,13 @@ class Replicas:
         return (f"{self.strategy} over {self.workers} workers × {devices}, as worker {self.worker}"
                 + (" (the chief)" if self.is_chief else ""))
 
-    def run(self, attack, model, x, y, threat) -> np.ndarray:
+    def run(self, attack, model, x, y, threat, staged: bool = False):
         """`attack.run(model, x, y, threat)` (an `AttackPlan`), its images in chunks dealt to the replicas.
 
         The same images for any number of replicas and workers. Afterwards the model's noise stands where one
         device leaves it (chunk 0's end for one chunk, else seeded from the chunk count), so whatever the
-        evaluation draws next is the same too.
+        evaluation draws next is the same too. With `staged` (an ensemble, see `AttackPlan.run`), the pair
+        (images, per image the position of the stage that broke it), both gathered the same way.
         """
         images = np.asarray(attack.images, dtype=int)
         chunks = [images[i:i + CHUNK] for i in range(0, len(images), CHUNK)] or [images]
@@ -197,7 +198,7 @@ class Replicas:
                     if c:
                         _seeded_noise(copies[replica], attack.seed, c)
                     part = dataclasses.replace(attack, images=tuple(chunks[c].tolist()), seed=seed)
-                    parts[c] = part.run(copies[replica], x, y, threat)
+                    parts[c] = part.run(copies[replica], x, y, threat, **({"staged": True} if staged else {}))
 
         if len(copies) == 1:
             work(0)
@@ -212,12 +213,18 @@ class Replicas:
                 except BaseException:  # Ctrl-C: the replicas stop after their chunk
                     stop.set()
                     raise
+        images = [None if p is None else p[0] for p in parts] if staged else parts
         if self.workers > 1:
-            result = self._exchanged(parts, chunks, x)
+            result = self._exchanged(images, chunks, x)
+            if staged:
+                codes = [None if p is None else np.asarray(p[1], np.float64)[:, None] for p in parts]
+                result = (result, self._exchanged(codes, chunks, np.zeros((1, 1))).ravel())
             if len(chunks) == 1:
                 self._chiefs_noise(model)  # only the chief ran chunk 0, on the model itself
         else:
-            result = np.concatenate(parts)
+            result = np.concatenate(images)
+            if staged:
+                result = (result, np.concatenate([p[1] for p in parts]))
         if len(chunks) > 1:
             _seeded_noise(model, attack.seed, len(chunks))
         return result

@@ -189,8 +189,9 @@ def suite_summary(suite: dict, budget: str, records, figures: dict, timings: dic
     parts += [
         "\n## Every run, with the gradient-masking checks\n",
         "Accuracies in percent. Checks per run, in points: a gradient-free attack's accuracy minus the strongest "
-        "gradient attack's on the same images (flagged below -5), PGD accuracy at ε = 0.5 (flagged above 10), "
-        "and the change from doubling PGD's steps and EOT samples (flagged below -3); ⚠ = flagged. "
+        "gradient attack's on the same images (flagged below -5), or the points AutoAttack's Square stage took "
+        "after its gradient stages (flagged above 0.2, AutoAttack's own check), PGD accuracy at ε = 0.5 (flagged "
+        "above 10), and the change from doubling PGD's steps and EOT samples (flagged below -3); ⚠ = flagged. "
         "Collapse: the first epoch whose per-epoch PGD-10 accuracy on the fixed validation batch fell more than "
         "20 points below its best so far.\n",
         runs_markdown(records, training_columns(specs, histories, timings)),

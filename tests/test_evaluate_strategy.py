@@ -257,3 +257,46 @@ def test_every_worker_skips_the_stages_and_jobs_the_chief_finished(monkeypatch, 
     monkeypatch.setattr(cli_module, "evaluate", lambda model, *a, **k: ran.append(("evaluate", model)))
     cluster.run(lambda spread: cli_module._run_jobs(jobs, tmp_path, spread))
     assert sorted(ran) == [("evaluate", "b"), ("run", "a"), ("run", "b")]
+
+
+def _autoattack_plan():
+    values = {"autoattack.apgd_steps": 3, "autoattack.fab_steps": 3, "autoattack.targets": 2,
+              "autoattack.queries": 30, "autoattack.images": IMAGES, "num_images": IMAGES, "checks.enabled": False}
+    return PlanRequest.from_preset("autoattack", ["autoattack"]).with_values(values).resolve(
+        epsilon=0.1, random=False, num_images=IMAGES)
+
+
+def test_autoattacks_stages_come_back_from_every_replica_as_from_one_device(two_devices):
+    # The masking checks read which stage broke each image (AutoAttack's Square stage as the witness): the
+    # stage codes are gathered with the images, chunk by chunk, the same for one device and two.
+    model, (x, y), plan = _model(False), _images(), _autoattack_plan()
+    attack = plan.attacks[0]
+    one_images, one_codes = replicas.Replicas().run(attack, model, x, y, plan.threat, staged=True)
+    two_images, two_codes = replicas.replicas("mirrored").run(attack, model, x, y, plan.threat, staged=True)
+    np.testing.assert_array_equal(two_images, one_images)
+    np.testing.assert_array_equal(two_codes, one_codes)
+    np.testing.assert_array_equal(one_images, replicas.Replicas().run(attack, model, x, y, plan.threat))
+    assert len(one_codes) == IMAGES and set(np.unique(one_codes)) <= {-2.0, -1.0, 0.0, 1.0, 2.0, 3.0}
+    assert (one_codes >= 0).any()  # some stage broke some image
+
+
+def test_autoattacks_stages_are_exchanged_between_workers(monkeypatch):
+    # Two workers simulated in turn: the all-reduce returns the first worker's contribution plus the second's.
+    model, (x, y), plan = _model(False), _images(), _autoattack_plan()
+    attack = plan.attacks[0]
+    sent: list = []
+
+    def first_worker_sends(self, value):
+        sent.append(value)
+        whole = value.copy()
+        whole[:, -1] = 1  # as if the other worker's chunks had come: the first pass only records what it sends
+        return whole
+
+    monkeypatch.setattr(replicas.Replicas, "_all_sum", first_worker_sends)
+    replicas.Replicas("multi_worker", (), 0, 2).run(attack, model, x, y, plan.threat, staged=True)
+    first = list(sent)
+    monkeypatch.setattr(replicas.Replicas, "_all_sum", lambda self, value: value + first.pop(0))
+    images, codes = replicas.Replicas("multi_worker", (), 1, 2).run(attack, model, x, y, plan.threat, staged=True)
+    one_images, one_codes = replicas.Replicas().run(attack, model, x, y, plan.threat, staged=True)
+    np.testing.assert_array_equal(images, one_images)
+    np.testing.assert_array_equal(codes, one_codes)

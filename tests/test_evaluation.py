@@ -215,12 +215,38 @@ def test_an_image_the_model_gets_wrong_is_never_robust(monkeypatch):
     assert result.accuracy("brighten") == 0 and result.effective == 0 and result.clean == 0
 
 
-def test_the_square_witness_is_compared_with_the_ensemble_when_only_it_ran(trained_pair, mnist):
+TINY_AA = {"autoattack.apgd_steps": 2, "autoattack.fab_steps": 2, "autoattack.targets": 1, "checks.images": 10,
+           "checks.square_queries": 10, "pgd.steps": 2}
+
+
+def test_autoattacks_square_stage_is_its_own_witness_on_a_deterministic_model(trained_pair, masked_model, mnist):
+    # As AutoAttack's own check: the share of images its Square stage broke after APGD and FAB-T had failed.
     _, (xt, yt) = mnist
-    result = kp.robustness(trained_pair[False], xt[:20], yt[:20], 0.1, attacks="autoattack", budget="autoattack",
-                           progress=lambda m: None, **{"autoattack.apgd_steps": 2, "autoattack.fab_steps": 2,
-                                                       "autoattack.queries": 10, "autoattack.targets": 1,
-                                                       "checks.images": 10, "checks.square_queries": 10,
-                                                       "pgd.steps": 2})
-    assert [c.check for c in result.checks] == ["square vs autoattack", "large-ε PGD", "zero gradients", "NaN/inf"]
+    values = {**TINY_AA, "autoattack.queries": 100}
+    honest = kp.robustness(trained_pair[False], xt[:20], yt[:20], 0.1, attacks="autoattack", budget="autoattack",
+                           progress=lambda m: None, **values)
+    assert not honest.plan.checks.square_witness and honest.plan.checks.stage_witness == "autoattack"
+    assert "Square 10 queries" not in honest.plan.describe()
+    assert "autoattack's last stage as the masking witness" in honest.plan.describe()
+    assert [c.check for c in honest.checks] == ["square stage of autoattack", "large-ε PGD", "zero gradients",
+                                                 "NaN/inf"]
+    # The check's value is what the ensemble's own report says, run alone with the same settings and seed.
+    _, report = kp.attacks.run_autoattack(trained_pair[False], xt[:20], yt[:20], 0.1, steps=2, fab_steps=2,
+                                          targets=1, queries=100, seed=honest.plan.seed)
+    assert honest.checks[0].value == pytest.approx(report.after["fab-t"] - report.after["square"])
+    # Behind a zero-gradient quantiser APGD and FAB-T find nothing and Square breaks images: flagged.
+    masked = kp.robustness(masked_model, xt[:20], yt[:20], 0.3, attacks="autoattack", budget="autoattack",
+                           progress=lambda m: None, **values)
+    square = masked.checks[0]
+    assert square.check == "square stage of autoattack" and square.flagged and square.value > 0.1, square
+
+
+def test_the_square_witness_is_compared_with_the_ensemble_on_a_random_model(trained_pair, mnist):
+    # AutoAttack's rand version has no Square stage: Square runs beside it as the witness.
+    _, (xt, yt) = mnist
+    result = kp.robustness(trained_pair[True], xt[:20], yt[:20], 0.1, attacks="autoattack", budget="autoattack",
+                           progress=lambda m: None, **{**TINY_AA, "eot_samples": 2, "accuracy_draws": 2,
+                                                       "autoattack.eot_samples": 2, "square.eot_samples": 2})
+    assert result.plan.checks.square_witness and result.plan.checks.stage_witness is None
+    assert result.checks[0].check == "square vs autoattack"
     assert "on the same 10 images" in result.checks[0].detail

@@ -36,14 +36,14 @@ def _probed(probe: Path, argv: list) -> int:
     images, noise, chunks, results = [], [], [], []
     run, attack_run, evaluate = replicas.Replicas.run, plan.AttackPlan.run, evaluation.evaluate
 
-    def probed_run(self, attack, model, *args):
-        images.append(run(self, attack, model, *args))
+    def probed_run(self, attack, model, *args, **kwargs):
+        images.append(run(self, attack, model, *args, **kwargs))
         noise.append([g.state.numpy().tolist() for g in replicas._noise_generators(model)])
         return images[-1]
 
-    def probed_attack_run(self, *args):
+    def probed_attack_run(self, *args, **kwargs):
         chunks.append([self.name, self.images[0], len(self.images)])
-        return attack_run(self, *args)
+        return attack_run(self, *args, **kwargs)
 
     def probed_evaluate(*args, **kwargs):
         result = evaluate(*args, **kwargs)

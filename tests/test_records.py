@@ -76,3 +76,21 @@ def test_one_output_folder_has_one_writer(tmp_path):
     with files.exclusive(tmp_path):  # released: the next writer gets it
         pass
     assert not (tmp_path / ".lock").exists()
+
+
+def test_an_ensembles_stages_are_kept_and_read_back_with_it(trained_pair, mnist, tmp_path):
+    # AutoAttack's stages feed the masking check that reads its Square stage: they are stored with its results,
+    # read back with them, and results without them are an error, not a check run on nothing.
+    _, (xt, yt) = mnist
+    x, y = xt[:20], yt[:20]
+    plan = PlanRequest.from_preset("autoattack", "autoattack").with_values(
+        {"autoattack.apgd_steps": 2, "autoattack.fab_steps": 2, "autoattack.targets": 1, "autoattack.queries": 50,
+         "checks.images": 5, "pgd.steps": 2}).resolve(epsilon=0.2, random=False, num_images=20)
+    store = records.StageStore(tmp_path / "stages", "key-1")
+    first = kp.evaluation.evaluate(trained_pair[False], x, y, plan, store=store, progress=lambda m: None)
+    assert (tmp_path / "stages" / "autoattack.stages.json").exists()
+    again = kp.evaluation.evaluate(trained_pair[False], x, y, plan, store=store, progress=lambda m: None)
+    assert again.checks[0] == first.checks[0] and first.checks[0].check == "square stage of autoattack"
+    (tmp_path / "stages" / "autoattack.stages.json").unlink()
+    with pytest.raises(RuntimeError, match="no record of its stages"):
+        kp.evaluation.evaluate(trained_pair[False], x, y, plan, store=store, progress=lambda m: None)

@@ -122,3 +122,23 @@ def autoattack(model, x, y, epsilon: float, *, version: str | None = None, steps
     return run_autoattack(model, x, y, epsilon, version=version, steps=steps, queries=queries, targets=targets,
                           fab_steps=fab_steps, norm=norm, bounds=bounds, eot_samples=eot_samples,
                           batch_size=batch_size, seed=seed)[0]
+
+
+# `autoattack_stages`' code for an image the model gets wrong unattacked, and for one no stage broke.
+MISCLASSIFIED, SURVIVED = -2, -1
+
+
+def autoattack_stages(model, x, y, epsilon: float, **options) -> tuple[np.ndarray, np.ndarray]:
+    """The ensemble's images and, per image, the position in `stage_names` of the stage that broke it
+    (`SURVIVED` if none did, `MISCLASSIFIED` if it was wrong unattacked): what the masking checks read to
+    learn how much the ensemble's gradient-free Square stage found that its gradient stages missed
+    (AutoAttack's own `check_square_sr`). Keywords as `run_autoattack`.
+
+    Example:
+        >>> x_adv, codes = autoattack_stages(model, x, y, 0.3)
+        >>> (codes == stage_names("standard", "linf").index("square")).mean()  # broken by Square only
+    """
+    x_adv, report = run_autoattack(model, x, y, epsilon, **options)
+    order = {name: k for k, name in enumerate(stage_names(report.version, options.get("norm", "linf")))}
+    order.update({None: SURVIVED, "clean": MISCLASSIFIED})
+    return x_adv, np.array([order[stage] for stage in report.broken_by], np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 from keras_pnil.attacks.apgd import NORMS_BUILT as APGD_NORMS
 from keras_pnil.attacks.apgd import apgd, apgd_targeted
 from keras_pnil.attacks.autoattack import NORMS_BUILT as AUTOATTACK_NORMS
-from keras_pnil.attacks.autoattack import autoattack
+from keras_pnil.attacks.autoattack import autoattack, autoattack_stages, stage_names
 from keras_pnil.attacks.fab import NORMS_BUILT as FAB_NORMS
 from keras_pnil.attacks.fab import fab_targeted
 from keras_pnil.attacks.pgd import NORMS_BUILT as PGD_NORMS
@@ -93,6 +93,10 @@ class AttackSpec:
         fixed_eot: EOT draws whatever the plan says (PGD without EOT: 1).
         follows: Another attack whose settings it takes unless its own are set (PGD without EOT follows PGD).
         norms: The norms it has a version for (its module's `NORMS_BUILT`); any other is an error before any work.
+        staged: For an ensemble: `function` returning also, per image, the position of the stage that broke it
+            in `stages` (negative: none), so that the masking checks can read what each stage found.
+        stages: For an ensemble: (random model?, norm) → the names of its stages, in order (each a registered
+            attack's name).
     """
 
     name: str
@@ -109,6 +113,8 @@ class AttackSpec:
     fixed_eot: int | None = None
     follows: str | None = None
     norms: tuple[str, ...] = ("linf",)
+    staged: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+    stages: Callable[[bool, str], list[str]] | None = None
 
     def defaults(self) -> dict:
         """Setting name → default value."""
@@ -129,9 +135,19 @@ class AttackSpec:
         """Runs the attack with `settings` and the calling conventions (norm, bounds, eot_samples, batch_size,
         seed). `norm` and `bounds` are passed only when they differ from L∞ on [0, 1], so an attack written
         for that threat model alone needs neither keyword."""
+        return self.function(model, x, y, epsilon, **self._keywords(settings, conventions))
+
+    def call_staged(self, model, x, y, epsilon: float, settings: Mapping,
+                    **conventions) -> tuple[np.ndarray, np.ndarray]:
+        """As calling the spec, through `staged`: (the adversarial images, per image its stage's position)."""
+        if self.staged is None:
+            raise ValueError(f"attack {self.name!r} is not an ensemble: it has no stages to report.")
+        return self.staged(model, x, y, epsilon, **self._keywords(settings, conventions))
+
+    def _keywords(self, settings: Mapping, conventions: dict) -> dict:
         if conventions.get("norm") == "linf" and tuple(conventions.get("bounds", DEFAULT_BOUNDS)) == DEFAULT_BOUNDS:
             conventions = {k: v for k, v in conventions.items() if k not in ("norm", "bounds")}
-        return self.function(model, x, y, epsilon, **{**self.keywords(settings), **conventions})
+        return {**self.keywords(settings), **conventions}
 
 
 ATTACKS: dict[str, AttackSpec] = {}
@@ -230,4 +246,5 @@ register(AttackSpec("autoattack", autoattack, {"apgd_steps": _APGD_STEPS, "targe
                                                "fab_steps": Setting("fab_steps", 100, legacy="fab_steps"),
                                                "queries": _QUERIES},
                     _autoattack_words, _autoattack_cost, full_set=False, images_key="autoattack_images",
-                    eot_key="autoattack_eot_samples", norms=AUTOATTACK_NORMS))
+                    eot_key="autoattack_eot_samples", norms=AUTOATTACK_NORMS, staged=autoattack_stages,
+                    stages=lambda random, norm: stage_names("rand" if random else "standard", norm)))
