@@ -128,3 +128,27 @@ def test_dlr_losses_on_hand_computed_logits():
                                rtol=1e-5)
     ce = _per_draw_loss("ce")(draws, y, target).numpy()
     np.testing.assert_allclose(ce, -np.log(np.exp([3.0, 1.0]) / np.exp([3.0, 1.0, 0.5, -1.0]).sum()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm, epsilon", [("l2", 1.0), ("l1", 4.0)])
+def test_apgd_ce_and_apgd_t_share_one_compiled_graph_with_the_same_results(norm, epsilon):
+    # One graph for both losses (the loss an input): an ensemble pays one trace, and each attack gives what it
+    # gives on a model that never ran the other.
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(), keras.layers.Dense(16, "relu"),
+                                 keras.layers.Dense(10)])
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(size=(12, 6, 6, 1)).astype("float32"), rng.integers(0, 10, 12)
+    both = model()
+    ce_first = kp.apgd(both, x, y, epsilon, steps=6, norm=norm)
+    targeted_second = kp.apgd_targeted(both, x, y, epsilon, steps=6, targets=2, norm=norm)
+    graphs = getattr(both, kp.attacks.common._CACHE)
+    assert [key[0] for key in graphs] == ["apgd"] and len(graphs) == 1
+    np.testing.assert_array_equal(kp.apgd_targeted(model(), x, y, epsilon, steps=6, targets=2, norm=norm),
+                                  targeted_second)
+    np.testing.assert_array_equal(kp.apgd(model(), x, y, epsilon, steps=6, norm=norm), ce_first)
+    assert not np.array_equal(ce_first, targeted_second)  # the losses differ: the graph runs the one asked for
+    kp.apgd(both, x, y, epsilon, steps=6, norm=norm, loss="dlr")  # untargeted DLR: a graph of its own
+    assert len(graphs) == 2

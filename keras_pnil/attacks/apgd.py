@@ -74,15 +74,29 @@ def apgd_checkpoints(steps: int) -> np.ndarray:
     return np.array(points)
 
 
-def _evaluator(model_fn: EOT, loss: str):
-    """(x, y, target) → (per-image losses, their gradient, fooled), from one EOT forward pass."""
-    loss_of = _per_draw_loss(loss)
+# APGD-CE and APGD-T run one compiled graph, the loss chosen when it is called (`_graph_losses`): an ensemble
+# traces and instantiates it once, not twice (about 3–4 s a graph on this project's CPU).
+SHARED_LOSSES = ("ce", "dlr-t")
 
-    def evaluate(x, y, target):
+
+def _graph_losses(loss: str) -> tuple[str, ...]:
+    """The losses of the compiled graph that runs `loss`: CE and targeted DLR share one."""
+    return SHARED_LOSSES if loss in SHARED_LOSSES else (loss,)
+
+
+def _evaluator(model_fn: EOT, losses: tuple[str, ...]):
+    """(x, y, target, which) → (per-image losses, their gradient, fooled), from one EOT forward pass, the
+    loss `losses[which]` (a scalar tensor, so that one graph serves them all)."""
+    loss_of = [_per_draw_loss(name) for name in losses]
+
+    def evaluate(x, y, target, which):
         with tf.GradientTape() as tape:
             tape.watch(x)
             draws = model_fn.draws(x)
-            losses = loss_of(draws, y, target)
+            if len(loss_of) == 1:
+                losses = loss_of[0](draws, y, target)
+            else:  # the targeted DLR reads the 4th-largest logit: APGD-T checks the classes before it runs
+                losses = tf.switch_case(which, [lambda f=f: f(draws, y, target) for f in loss_of])
             total = tf.reduce_sum(losses)  # a sum: each image's gradient is its own
         fooled = tf.not_equal(tf.argmax(tf.reduce_mean(tf.nn.log_softmax(draws), 0), -1, output_type=tf.int32),
                               tf.cast(y, tf.int32))
@@ -91,10 +105,10 @@ def _evaluator(model_fn: EOT, loss: str):
     return evaluate
 
 
-def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, momentum: float, rho: float,
-                rng: tf.random.Generator, signature: list):
+def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[str, ...], momentum: float,
+                rho: float, rng: tf.random.Generator, signature: list):
     """The compiled APGD loop (L∞ or L2) for one batch: returns (best adversarial or highest-loss input, fooled)."""
-    evaluate = _evaluator(model_fn, loss)
+    evaluate = _evaluator(model_fn, losses)
     epsilon = threat.epsilon
     checkpoints = apgd_checkpoints(steps)
     is_checkpoint = np.zeros(steps + 1, bool)
@@ -103,9 +117,9 @@ def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, momen
     window[checkpoints] = np.diff(np.concatenate([[0], checkpoints]))
 
     @tf.function(input_signature=signature)
-    def attack(x, y, target):
+    def attack(x, y, target, which):
         x_k = threat.random_start(rng, x)
-        loss_k, grad, fooled = evaluate(x_k, y, target)
+        loss_k, grad, fooled = evaluate(x_k, y, target, which)
         best_adv = tf.where(per_image(fooled, x), x_k, x)
         ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
         eta = tf.fill(tf.shape(loss_k), 2.0 * epsilon)
@@ -115,7 +129,7 @@ def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, momen
             z = threat.project(x_k + per_image(eta, x) * threat.ascent(grad), x)
             weight = tf.where(k == 0, 1.0, momentum)  # the first step is a plain projected step
             x_next = threat.project(x_k + weight * (z - x_k) + (1.0 - weight) * (x_k - x_prev), x)
-            loss_next, grad_next, fooled = evaluate(x_next, y, target)
+            loss_next, grad_next, fooled = evaluate(x_next, y, target, which)
             best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
             ever_fooled |= fooled
             increases += tf.cast(loss_next > loss_k, tf.float32)
@@ -155,25 +169,25 @@ def l1_warmup_schedule(steps: int) -> list[tuple[float, int]]:
     return [(multiple, n) for (multiple, _), n in zip(L1_WARMUP, [*first, steps - sum(first)], strict=True)]
 
 
-def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, rng: tf.random.Generator,
-                   signature: list, warmup: bool = False):
+def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[str, ...],
+                   rng: tf.random.Generator, signature: list, warmup: bool = False):
     """APGD-L1 for one batch (Croce and Hein, 2021): sparse steps projected onto the L1 ball ∩ the input
     range, no momentum, the sparsity and step adapted every `L1_PERIOD` of a phase's steps (see the constants).
 
     One phase of `steps` at ε, or with `warmup` the phases of `l1_warmup_schedule`, each starting from the
     previous one's highest-loss point projected onto its own ball (the first from a Gaussian draw projected
     onto its ball, the official start); only the last phase's adversarial points count."""
-    evaluate = _evaluator(model_fn, loss)
+    evaluate = _evaluator(model_fn, losses)
     phases = l1_warmup_schedule(steps) if warmup else [(1.0, steps)]
     balls = [(replace(threat, epsilon=threat.epsilon * multiple), n) for multiple, n in phases]
 
     def moved(z, x):  # per image, the coordinates z changes
         return tf.reduce_sum(tf.cast(tf.reshape(tf.abs(z - x), [tf.shape(x)[0], -1]) > 1e-10, tf.float32), axis=1)
 
-    def phase(ball: ThreatModel, phase_steps: int, x, y, target, x_k, chained: bool):
+    def phase(ball: ThreatModel, phase_steps: int, x, y, target, which, x_k, chained: bool):
         epsilon, period = ball.epsilon, max(int(L1_PERIOD * phase_steps), 1)
         features = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-        loss_k, grad, fooled = evaluate(x_k, y, target)
+        loss_k, grad, fooled = evaluate(x_k, y, target, which)
         best_adv = tf.where(per_image(fooled, x), x_k, x)
         ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
         eta = tf.fill(tf.shape(loss_k), epsilon)
@@ -185,7 +199,7 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, rn
             moved_before = tf.fill(tf.shape(loss_k), features)
         for k in tf.range(phase_steps):
             x_next = ball.project(x_k + per_image(eta, x) * ball.ascent(grad, sparsity), x)
-            loss_next, grad_next, fooled = evaluate(x_next, y, target)
+            loss_next, grad_next, fooled = evaluate(x_next, y, target, which)
             best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
             ever_fooled |= fooled
             improved = loss_next > loss_best
@@ -203,10 +217,10 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, rn
         return x_best, tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
 
     @tf.function(input_signature=signature)
-    def attack(x, y, target):
+    def attack(x, y, target, which):
         x_k = x + rng.normal(tf.shape(x))
         for ball, phase_steps in balls:
-            x_k, adv, fooled = phase(ball, phase_steps, x, y, target, ball.project(x_k, x), chained=warmup)
+            x_k, adv, fooled = phase(ball, phase_steps, x, y, target, which, ball.project(x_k, x), chained=warmup)
         return adv, fooled
 
     return attack
@@ -214,15 +228,20 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, loss: str, rn
 
 def _compiled_apgd(model, x, threat: ThreatModel, steps: int, loss: str, momentum: float, rho: float,
                    warmup: bool, eot_samples: int | None, seed: int | None):
+    """The EOT model_fn and the compiled APGD `(x, y, target) → (adversarial, fooled)` with `loss` (its graph
+    shared with the other losses of `_graph_losses(loss)`)."""
     model_fn = EOT(model, eot_samples, images=x)
+    losses = _graph_losses(loss)
+    signature = [*batch_signature(x, 2), tf.TensorSpec((), tf.int32)]
 
     def build(rng):
         if threat.norm.name == "l1":  # L1's own schedule (the 2021 paper)
-            return _apgd_l1_graph(model_fn, threat, steps, loss, rng, batch_signature(x, 2), warmup)
-        return _apgd_graph(model_fn, threat, steps, loss, momentum, rho, rng, batch_signature(x, 2))
+            return _apgd_l1_graph(model_fn, threat, steps, losses, rng, signature, warmup)
+        return _apgd_graph(model_fn, threat, steps, losses, momentum, rho, rng, signature)
 
-    key = ("apgd", np.shape(x)[1:], model_fn.samples, threat, steps, loss, momentum, rho, warmup)
-    return model_fn, compiled(model, key, build, seed)
+    key = ("apgd", np.shape(x)[1:], model_fn.samples, threat, steps, losses, momentum, rho, warmup)
+    graph, which = compiled(model, key, build, seed), tf.constant(losses.index(loss), tf.int32)
+    return model_fn, lambda x, y, target: graph(x, y, target, which)
 
 
 def _check_warmup(warmup: bool, threat: ThreatModel, steps: int) -> bool:
