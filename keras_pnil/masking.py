@@ -163,6 +163,9 @@ def stage_witness(name: str, codes, random: bool, norm: str) -> Check:
     codes = np.asarray(codes, np.float64)
     codes = codes[~np.isnan(codes)]
     last = len(names) - 1
+    if codes.size and (codes.max() > last or codes.min() < -2):
+        raise ValueError(f"{name}'s stage codes run from {codes.min():g} to {codes.max():g}, outside the {len(names)} "
+                         f"stages the plan expects ({', '.join(names)}): it ran another version than the plan's.")
     share = float(np.mean(codes == last)) if len(codes) else 0.0
     return Check(f"{names[-1]} stage of {name}", share, share > STAGE_WITNESS_MARGIN,
                  f"{name}'s {names[-1]} stage broke {int(np.sum(codes == last))} of {len(codes)} images after its "

@@ -250,3 +250,11 @@ def test_the_square_witness_is_compared_with_the_ensemble_on_a_random_model(trai
     assert result.plan.checks.square_witness and result.plan.checks.stage_witness is None
     assert result.checks[0].check == "square vs autoattack"
     assert "on the same 10 images" in result.checks[0].detail
+
+
+def test_stage_codes_of_another_version_are_an_error_not_a_quiet_zero():
+    # Codes from a 4-stage standard run read as the 2-stage rand version's (or the reverse) must not pass.
+    with pytest.raises(ValueError, match="another version than the plan's"):
+        kp.masking.stage_witness("autoattack", np.array([3.0, -1.0, 0.0]), True, "linf")
+    check = kp.masking.stage_witness("autoattack", np.array([3.0, -1.0, 0.0, -2.0, np.nan]), False, "linf")
+    assert check.value == 0.25 and check.flagged

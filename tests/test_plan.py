@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import keras_pnil as kp
+from keras_pnil.attacks.registry import get_attack
 from keras_pnil.plan import PRESETS, PlanRequest
 
 
@@ -119,3 +120,22 @@ def test_robustness_accepts_a_plan_and_one_attack_name(trained_pair, mnist):
     assert list(result.attacks) == ["pgd"] and result.plan.attack("pgd").settings["steps"] == 3
     assert result.plan.checks is None and result.checks == []
     assert np.isclose(result.effective, result.accuracy("pgd"))
+
+
+def test_each_attack_gets_batches_sized_to_its_input_and_draws(monkeypatch):
+    # Deterministic MNIST-sized images go in batches of 1,024; CIFAR-sized and any random model (the model sees
+    # the batch once per draw) in the default 256.
+    from keras_pnil.attacks import common
+
+    assert common.attack_batch_size((28, 28, 1), 1) == 1024
+    assert common.attack_batch_size((32, 32, 3), 1) == common.DEFAULT_BATCH_SIZE == 256
+    assert common.attack_batch_size((28, 28, 1), 20) == 256 and common.attack_batch_size((224, 224, 3), 1) == 256
+    seen = []
+    spec = get_attack("pgd")
+    monkeypatch.setattr(type(spec), "__call__", lambda self, model, x, y, eps, settings, **kw: seen.append(
+        kw["batch_size"]) or np.asarray(x))
+    x, y = np.zeros((6, 28, 28, 1), np.float32), np.zeros(6, np.int64)
+    for random in (False, True):
+        plan = PlanRequest.from_preset("quick", ["pgd"]).resolve(epsilon=0.1, random=random, num_images=6)
+        plan.attack("pgd").run(None, x, y, plan.threat)
+    assert seen == [1024, 256]
