@@ -119,7 +119,7 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
         report(f"[checks] Square ({checks.square_queries} queries, EOT {checks.square_eot_samples}) on "
                f"{len(idx)} images as a gradient-free witness ...")
         witness = AttackPlan("square", {"queries": checks.square_queries}, checks.images, checks.square_eot_samples,
-                             checks.seed)
+                             checks.seed, random)
         x_square = spread.run(witness, model, x, y, threat)
         robust["square"] = np.full(len(x), np.nan)
         robust["square"][idx] = np.minimum(right, per_example_correct(model, x_square, ys, draws, random=random))
@@ -135,7 +135,8 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
                              f"{name} accuracy minus {strongest}'s on the same {len(on)} images: {-gap:+.3f}"))
     large_epsilon = threat.norm.cube_radius(int(np.prod(np.shape(xs)[1:])), LARGE_EPSILON * threat.width)
     report(f"[checks] {checks.attack} at ε = {large_epsilon:.4g} and with doubled steps/EOT on {len(idx)} images ...")
-    large_pgd = AttackPlan(checks.attack, {"steps": checks.pgd_steps}, checks.images, checks.eot_samples, checks.seed)
+    large_pgd = AttackPlan(checks.attack, {"steps": checks.pgd_steps}, checks.images, checks.eot_samples, checks.seed,
+                           random)
     large = _accuracy(spread, model, x, y, large_pgd, dataclasses.replace(threat, epsilon=large_epsilon), right,
                       draws, random)
     results.append(Check("large-ε PGD", large, large > LARGE_EPSILON_CEILING,
@@ -144,7 +145,7 @@ def gradient_masking_checks(model, x, y, plan, clean, robust: dict, progress=Non
     if "pgd" in robust:
         reported = float(np.mean(robust["pgd"][idx]))
         doubled_pgd = AttackPlan("pgd", {"steps": 2 * checks.pgd_steps, "step_size": checks.pgd_step_size},
-                                 checks.images, 2 * checks.eot_samples if random else 1, checks.seed)
+                                 checks.images, 2 * checks.eot_samples if random else 1, checks.seed, random)
         doubled = _accuracy(spread, model, x, y, doubled_pgd, threat, right, draws, random)
         drop = reported - doubled
         results.append(Check("PGD convergence", -drop, drop > CONVERGENCE_MARGIN,

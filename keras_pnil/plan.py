@@ -215,7 +215,7 @@ class PlanRequest:
         followed = self.settings[spec.follows] if spec.follows else {}
         own = {k: followed[k] if spec.follows and chosen[k] is None else chosen[k] for k in spec.settings}
         return AttackPlan(name, own, tuple(np.sort(order[:min(count, len(order))]).tolist()), eot,
-                          seed if chosen["seed"] is None else chosen["seed"])
+                          seed if chosen["seed"] is None else chosen["seed"], random)
 
     def _checks_plan(self, order, common: tuple, random: bool, seed: int, attacks: tuple, norm: str) -> ChecksPlan:
         count = min(self.checks["images"] or len(common), len(common))
@@ -270,13 +270,15 @@ def _common(attacks: tuple, n: int) -> tuple:
 
 @dataclass(frozen=True)
 class AttackPlan:
-    """One attack as it runs: its settings, the indices of its images, its EOT draws and its seed."""
+    """One attack as it runs: its settings, the indices of its images, its EOT draws, its seed, and whether the
+    plan judged the model random (the one judgement: an ensemble runs the version for it)."""
 
     name: str
     settings: Mapping[str, Any]
     images: tuple[int, ...]
     eot_samples: int
     seed: int
+    random: bool
 
     @property
     def spec(self):
@@ -297,7 +299,8 @@ class AttackPlan:
         call = self.spec.call_staged if staged else self.spec
         return call(model, x[idx], y[idx], threat.epsilon, self.settings, eot_samples=self.eot_samples,
                     seed=self.seed, norm=threat.norm.name, bounds=threat.bounds,
-                    batch_size=attack_batch_size(np.shape(x)[1:], self.eot_samples))
+                    batch_size=attack_batch_size(np.shape(x)[1:], self.eot_samples),
+                    **self.spec.keywords_for_model(self.random))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The evaluation plan: one resolved object behind every number, label and estimate."""
 
+import importlib
 import json
 
 import numpy as np
@@ -139,3 +140,20 @@ def test_each_attack_gets_batches_sized_to_its_input_and_draws(monkeypatch):
         plan = PlanRequest.from_preset("quick", ["pgd"]).resolve(epsilon=0.1, random=random, num_images=6)
         plan.attack("pgd").run(None, x, y, plan.threat)
     assert seen == [1024, 256]
+
+
+def test_the_ensemble_runs_the_version_of_the_plans_judgement(monkeypatch):
+    # Whether the model is random is judged once, by the plan: the ensemble is told its version rather than
+    # probing the model again (a second judgement could run stages the masking checks do not expect).
+    autoattack = importlib.import_module("keras_pnil.attacks.autoattack")  # the module, not the function
+    seen = []
+    monkeypatch.setattr(autoattack, "run_autoattack", lambda model, x, y, eps, **kw: seen.append(kw.get("version"))
+                        or (np.asarray(x), autoattack.AutoAttackReport(kw.get("version"), 1, 1.0)))
+    x, y = np.zeros((4, 28, 28, 1), np.float32), np.zeros(4, np.int64)
+    for random in (False, True):
+        plan = PlanRequest.from_preset("quick", ["autoattack"]).resolve(epsilon=0.1, random=random, num_images=4)
+        assert plan.attack("autoattack").random is random
+        plan.attack("autoattack").run(None, x, y, plan.threat)
+        plan.attack("autoattack").run(None, x, y, plan.threat, staged=True)
+    assert seen == ["standard", "standard", "rand", "rand"]
+    assert get_attack("pgd").keywords_for_model(True) == {}  # attacks without versions take nothing

@@ -34,6 +34,11 @@ from keras_pnil.threat import DEFAULT_BOUNDS
 from keras_pnil.validation import check_choice
 
 VERSIONS = ("standard", "rand")
+
+
+def version_for(random: bool) -> str:
+    """AutoAttack's version for a model that is random or not: `rand` (EOT, no FAB-T or Square), else `standard`."""
+    return "rand" if random else "standard"
 NORMS_BUILT = ("linf", "l2", "l1")
 # The norms whose standard composition here is the official one.
 OFFICIAL_NORMS = ("linf", "l2", "l1")
@@ -91,7 +96,7 @@ def run_autoattack(model, x, y, epsilon: float, *, version: str | None = None, s
     x, y, threat = check_attack_args(model, x, y, epsilon, batch_size, norm=norm, bounds=bounds,
                                      attack="autoattack", norms=NORMS_BUILT)
     model_fn = EOT(model, eot_samples, images=x)
-    version = version or ("rand" if model_fn.random else "standard")
+    version = version or version_for(model_fn.random)
     check_choice("AutoAttack version", version, VERSIONS)
     if version == "standard" and threat.norm.name == "l1":
         l1_warmup_schedule(steps)  # enough steps for the warm-up, checked before any stage runs

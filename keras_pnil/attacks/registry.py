@@ -20,7 +20,7 @@ import numpy as np
 from keras_pnil.attacks.apgd import NORMS_BUILT as APGD_NORMS
 from keras_pnil.attacks.apgd import apgd, apgd_targeted
 from keras_pnil.attacks.autoattack import NORMS_BUILT as AUTOATTACK_NORMS
-from keras_pnil.attacks.autoattack import autoattack, autoattack_stages, stage_names
+from keras_pnil.attacks.autoattack import autoattack, autoattack_stages, stage_names, version_for
 from keras_pnil.attacks.fab import NORMS_BUILT as FAB_NORMS
 from keras_pnil.attacks.fab import fab_targeted
 from keras_pnil.attacks.pgd import NORMS_BUILT as PGD_NORMS
@@ -97,6 +97,8 @@ class AttackSpec:
             in `stages` (negative: none), so that the masking checks can read what each stage found.
         stages: For an ensemble: (random model?, norm) → the names of its stages, in order (each a registered
             attack's name).
+        by_randomness: random model? → keywords the function takes from the plan's judgement of the model
+            (an ensemble: its version, so that the stages it runs are the `stages` the plan expects).
     """
 
     name: str
@@ -115,6 +117,12 @@ class AttackSpec:
     norms: tuple[str, ...] = ("linf",)
     staged: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
     stages: Callable[[bool, str], list[str]] | None = None
+    by_randomness: Callable[[bool], dict] | None = None
+
+    def keywords_for_model(self, random: bool) -> dict:
+        """The keywords it takes from the plan's judgement that the model is `random` or not (an ensemble: its
+        version), so that it never judges the model again on its own."""
+        return {} if self.by_randomness is None else self.by_randomness(random)
 
     def defaults(self) -> dict:
         """Setting name → default value."""
@@ -247,4 +255,5 @@ register(AttackSpec("autoattack", autoattack, {"apgd_steps": _APGD_STEPS, "targe
                                                "queries": _QUERIES},
                     _autoattack_words, _autoattack_cost, full_set=False, images_key="autoattack_images",
                     eot_key="autoattack_eot_samples", norms=AUTOATTACK_NORMS, staged=autoattack_stages,
-                    stages=lambda random, norm: stage_names("rand" if random else "standard", norm)))
+                    stages=lambda random, norm: stage_names(version_for(random), norm),
+                    by_randomness=lambda random: {"version": version_for(random)}))
