@@ -16,6 +16,7 @@ from keras_pnil.attacks.common import (
     check_attack_args,
     compiled,
     eot_scores,
+    graph_loop,
     per_image,
     target_classes,
 )
@@ -116,16 +117,14 @@ def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[st
     window = np.zeros(steps + 1, np.float32)
     window[checkpoints] = np.diff(np.concatenate([[0], checkpoints]))
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)  # no autograph, as Keras' own steps (see `graph_loop`)
     def attack(x, y, target, which):
         x_k = threat.random_start(rng, x)
         loss_k, grad, fooled = evaluate(x_k, y, target, which)
-        best_adv = tf.where(per_image(fooled, x), x_k, x)
-        ever_fooled, x_best, loss_best, grad_best = fooled, x_k, loss_k, grad
         eta = tf.fill(tf.shape(loss_k), 2.0 * epsilon)
-        x_prev, increases = x_k, tf.zeros_like(loss_k)
-        eta_at_check, best_at_check = eta, loss_best
-        for k in tf.range(steps):
+
+        def step(k, x_k, x_prev, loss_k, grad, best_adv, ever_fooled, x_best, loss_best, grad_best, eta,
+                 increases, eta_at_check, best_at_check):
             z = threat.project(x_k + per_image(eta, x) * threat.ascent(grad), x)
             weight = tf.where(k == 0, 1.0, momentum)  # the first step is a plain projected step
             x_next = threat.project(x_k + weight * (z - x_k) + (1.0 - weight) * (x_k - x_prev), x)
@@ -137,15 +136,21 @@ def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[st
             x_best = tf.where(per_image(improved, x), x_next, x_best)
             grad_best = tf.where(per_image(improved, x), grad_next, grad_best)
             loss_best = tf.where(improved, loss_next, loss_best)
-            x_prev, x_k, loss_k, grad = x_k, x_next, loss_next, grad_next
-            if tf.gather(is_checkpoint, k + 1):
-                # Halve the step where progress stalled, restarting from the best point.
-                stalled = ((increases <= rho * tf.gather(window, k + 1))
-                           | ((eta == eta_at_check) & (loss_best <= best_at_check)))
-                eta = tf.where(stalled, eta / 2.0, eta)
-                x_k = tf.where(per_image(stalled, x), x_best, x_k)
-                grad = tf.where(per_image(stalled, x), grad_best, grad)
-                increases, eta_at_check, best_at_check = tf.zeros_like(increases), eta, loss_best
+            # At a checkpoint, halve the step where progress stalled, restarting from the best point.
+            check = tf.gather(is_checkpoint, k + 1)
+            stalled = check & ((increases <= rho * tf.gather(window, k + 1))
+                               | ((eta == eta_at_check) & (loss_best <= best_at_check)))
+            eta = tf.where(stalled, eta / 2.0, eta)
+            x_restart = tf.where(per_image(stalled, x), x_best, x_next)
+            grad = tf.where(per_image(stalled, x), grad_best, grad_next)
+            increases = tf.where(check, tf.zeros_like(increases), increases)
+            eta_at_check, best_at_check = tf.where(check, eta, eta_at_check), tf.where(check, loss_best, best_at_check)
+            return (k + 1, x_restart, x_k, loss_next, grad, best_adv, ever_fooled, x_best, loss_best, grad_best, eta,
+                    increases, eta_at_check, best_at_check)
+
+        state = graph_loop(step, steps, x_k, x_k, loss_k, grad, tf.where(per_image(fooled, x), x_k, x), fooled, x_k,
+                      loss_k, grad, eta, tf.zeros_like(loss_k), eta, loss_k)
+        _, _, _, _, best_adv, ever_fooled, x_best, *_ = state
         return tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
 
     return attack
@@ -197,7 +202,8 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple
         else:
             sparsity = tf.fill(tf.shape(loss_k), L1_START_SPARSITY)
             moved_before = tf.fill(tf.shape(loss_k), features)
-        for k in tf.range(phase_steps):
+
+        def step(k, x_k, grad, best_adv, ever_fooled, x_best, loss_best, grad_best, eta, sparsity, moved_before):
             x_next = ball.project(x_k + per_image(eta, x) * ball.ascent(grad, sparsity), x)
             loss_next, grad_next, fooled = evaluate(x_next, y, target, which)
             best_adv = tf.where(per_image(fooled & ~ever_fooled, x), x_next, best_adv)
@@ -206,17 +212,25 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple
             x_best = tf.where(per_image(improved, x), x_next, x_best)
             grad_best = tf.where(per_image(improved, x), grad_next, grad_best)
             loss_best = tf.where(improved, loss_next, loss_best)
-            x_k, grad = x_next, grad_next
-            if (k + 1) % period == 0:
-                moved_now = moved(x_best, x)
-                sparser = moved_now / moved_before < L1_SPARSER
-                sparsity, moved_before = moved_now / features / L1_SHRINK, moved_now
-                eta = tf.clip_by_value(tf.where(sparser, epsilon, eta / L1_SHRINK), epsilon / L1_MIN_STEP, epsilon)
-                x_k = tf.where(per_image(sparser, x), x_best, x_k)
-                grad = tf.where(per_image(sparser, x), grad_best, grad)
+            # Every `period` steps: adapt the sparsity and the step; restart from the best point if it got sparser.
+            check = (k + 1) % period == 0
+            moved_now = moved(x_best, x)
+            sparser = check & (moved_now / moved_before < L1_SPARSER)
+            sparsity = tf.where(check, moved_now / features / L1_SHRINK, sparsity)
+            moved_before = tf.where(check, moved_now, moved_before)
+            eta = tf.where(check, tf.clip_by_value(tf.where(sparser, epsilon, eta / L1_SHRINK), epsilon / L1_MIN_STEP,
+                                                   epsilon), eta)
+            x_restart = tf.where(per_image(sparser, x), x_best, x_next)
+            grad = tf.where(per_image(sparser, x), grad_best, grad_next)
+            return (k + 1, x_restart, grad, best_adv, ever_fooled, x_best, loss_best, grad_best, eta, sparsity,
+                    moved_before)
+
+        state = graph_loop(step, phase_steps, x_k, grad, best_adv, ever_fooled, x_best, loss_best, grad_best, eta,
+                      sparsity, moved_before)
+        _, _, best_adv, ever_fooled, x_best, *_ = state
         return x_best, tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)
     def attack(x, y, target, which):
         x_k = x + rng.normal(tf.shape(x))
         for ball, phase_steps in balls:

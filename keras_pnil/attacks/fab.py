@@ -21,6 +21,7 @@ from keras_pnil.attacks.common import (
     batches,
     check_attack_args,
     compiled,
+    graph_loop,
     target_classes,
 )
 from keras_pnil.attacks.eot import EOT
@@ -54,15 +55,12 @@ def _fab_graph(model_fn: EOT, threat: ThreatModel, steps: int, alpha_max: float,
     def fooled(z, shape, y):
         return tf.not_equal(tf.argmax(model_fn(tf.reshape(z, shape)), -1, output_type=tf.int32), y)
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)  # see `graph_loop`
     def attack(x, y, target):
         shape = tf.shape(x)
         x0 = tf.reshape(x, [shape[0], -1])
-        start_fooled = fooled(x0, shape, y)
-        best = x0
-        best_norm = tf.where(start_fooled, 0.0, np.inf)
-        x_k = x0
-        for _ in tf.range(steps):
+
+        def step(k, x_k, best, best_norm):
             value, w = margin(x_k, shape, y, target)
             to_boundary = towards(x_k, w, -value)
             from_origin = towards(x0, w, -(value + tf.reduce_sum(w * (x0 - x_k), axis=1)))
@@ -76,7 +74,9 @@ def _fab_graph(model_fn: EOT, threat: ThreatModel, steps: int, alpha_max: float,
             best = tf.where(better[:, None], x_new, best)
             best_norm = tf.where(better, size, best_norm)
             # After a success, step back towards the image: the next steps look for a smaller perturbation.
-            x_k = tf.where(hit[:, None], (1 - beta) * x0 + beta * x_new, x_new)
+            return k + 1, tf.where(hit[:, None], (1 - beta) * x0 + beta * x_new, x_new), best, best_norm
+
+        _, best, best_norm = graph_loop(step, steps, x0, x0, tf.where(fooled(x0, shape, y), 0.0, np.inf))
         return tf.reshape(best, shape), best_norm
 
     return attack

@@ -16,6 +16,7 @@ from keras_pnil.attacks.common import (
     batch_signature,
     check_attack_args,
     compiled,
+    graph_loop,
     per_image,
     run_batched,
     true_class_scores,
@@ -63,20 +64,26 @@ def signed_ascent(gradient: Callable, x, start, epsilon: float, steps: int, step
     `threat` defaults to the L∞ ball of radius `epsilon` in [0, 1] (training's).
     """
     threat = threat or ThreatModel(NORMS["linf"], epsilon, DEFAULT_BOUNDS)
-    adv = start
-    for _ in range(steps) if unroll else tf.range(steps):
+
+    def step(k, adv):
         grad, right = gradient(adv)
-        step = step_size * threat.ascent(grad)
+        move = step_size * threat.ascent(grad)
         if early_stop:
-            step *= per_image(tf.cast(right, step.dtype), x)
-        adv = threat.project(adv + step, x)
+            move *= per_image(tf.cast(right, move.dtype), x)
+        return k + 1, threat.project(adv + move, x)
+
+    if not unroll:
+        return graph_loop(step, steps, start)[0]
+    adv = start
+    for k in range(steps):
+        adv = step(k, adv)[1]
     return adv
 
 
 def _pgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, step_size: float, random_start: bool,
                rng: tf.random.Generator, signature: list):
     # The random start is drawn from the attack's own generator, never TensorFlow's global one.
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)  # see `graph_loop`
     def attack(x, y):
         start = threat.random_start(rng, x) if random_start else x
         return signed_ascent(loss_gradient(model_fn, negative_log_likelihood, y), x, start, threat.epsilon, steps,

@@ -53,6 +53,16 @@ def _keep_better(x, x_new, x_best, margin_new, margin):
             tf.ensure_shape(tf.where(accept, margin_new, margin), margin.shape))
 
 
+def _queries(query_step, queries: int, x_best, margin):
+    """Square's loop: `query_step(query, x_best, margin) → (query + 1, x_best, margin)` for queries 1 to
+    `queries - 1` (the start was the first), stopping once every image is misclassified (margin ≤ 0).
+    Written without autograph, as Keras' own steps are: its conversion cost seconds per graph."""
+    def running(query, x_best, margin):
+        return (query < queries) & ~tf.reduce_all(margin <= 0.0)
+
+    return tf.while_loop(running, query_step, (tf.constant(1), x_best, margin))[1]
+
+
 def _window(rows, cols, top, left, side):
     return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
@@ -66,17 +76,15 @@ def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: floa
     def signs(shape):
         return tf.sign(rng.uniform(shape, -1.0, 1.0))
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)
     def attack(x, y):
         batch, height, width = tf.unstack(tf.shape(x)[:3])
         channels = x.shape[-1]  # static, so the loop keeps x_best's shape
         # Start: vertical stripes of ±ε, one sign per column and channel.
         x_best = tf.clip_by_value(x + epsilon * signs([batch, 1, width, channels]), lo, hi)
-        margin = margin_of(x_best, y)
         rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
-        for query in tf.range(1, queries):
-            if tf.reduce_all(margin <= 0.0):
-                break
+
+        def query_step(query, x_best, margin):
             side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, schedule)
                                             * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.clip_by_value(side, 1, height - 1)
@@ -86,9 +94,9 @@ def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: floa
             # A fresh ±ε per channel over the square, for the images not yet fooled.
             candidate = tf.where(window[..., None], epsilon * signs([batch, 1, 1, channels]), x_best - x)
             x_new = tf.clip_by_value(x + candidate, lo, hi)
-            margin_new = margin_of(x_new, y)
-            x_best, margin = _keep_better(x, x_new, x_best, margin_new, margin)
-        return x_best
+            return (query + 1, *_keep_better(x, x_new, x_best, margin_of(x_new, y), margin))
+
+        return _queries(query_step, queries, x_best, margin_of(x_best, y))
 
     return attack
 
@@ -163,16 +171,14 @@ def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
             return ball.project(x + delta, x)
         return tf.clip_by_value(x + epsilon * tf.math.divide_no_nan(delta, lp(delta, (1, 2, 3))), lo, hi)
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)
     def attack(x, y):
         batch, height, width = tf.unstack(tf.shape(x)[:3])
         static_height, static_width, channels = x.shape[1:]  # static, so the loop keeps x_best's shape
         x_best = into_ball(x, _grid_start(norm, power, rng, batch, static_height, static_width, channels))
-        margin = margin_of(x_best, y)
         rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
-        for query in tf.range(1, queries):
-            if tf.reduce_all(margin <= 0.0):
-                break
+
+        def query_step(query, x_best, margin):
             side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, schedule)
                                             * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.maximum(side, 3)
@@ -191,9 +197,9 @@ def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
             mass = tf.pow(spare + tf.pow(lp(delta * both), p), 1.0 / p) * (channels if norm.name == "l1" else 1)
             fresh = tf.math.divide_no_nan(fresh, lp(fresh)) * mass
             x_new = into_ball(x, delta * (1.0 - both) + fresh)
-            margin_new = margin_of(x_new, y)
-            x_best, margin = _keep_better(x, x_new, x_best, margin_new, margin)
-        return x_best
+            return (query + 1, *_keep_better(x, x_new, x_best, margin_of(x_new, y), margin))
+
+        return _queries(query_step, queries, x_best, margin_of(x_best, y))
 
     return attack
 
