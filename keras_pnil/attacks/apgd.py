@@ -149,7 +149,7 @@ def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[st
                     increases, eta_at_check, best_at_check)
 
         state = graph_loop(step, steps, x_k, x_k, loss_k, grad, tf.where(per_image(fooled, x), x_k, x), fooled, x_k,
-                      loss_k, grad, eta, tf.zeros_like(loss_k), eta, loss_k)
+                           loss_k, grad, eta, tf.zeros_like(loss_k), eta, loss_k)
         _, _, _, _, best_adv, ever_fooled, x_best, *_ = state
         return tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
 
@@ -226,7 +226,7 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple
                     moved_before)
 
         state = graph_loop(step, phase_steps, x_k, grad, best_adv, ever_fooled, x_best, loss_best, grad_best, eta,
-                      sparsity, moved_before)
+                           sparsity, moved_before)
         _, _, best_adv, ever_fooled, x_best, *_ = state
         return x_best, tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
 

@@ -34,11 +34,6 @@ from keras_pnil.threat import DEFAULT_BOUNDS
 from keras_pnil.validation import check_choice
 
 VERSIONS = ("standard", "rand")
-
-
-def version_for(random: bool) -> str:
-    """AutoAttack's version for a model that is random or not: `rand` (EOT, no FAB-T or Square), else `standard`."""
-    return "rand" if random else "standard"
 NORMS_BUILT = ("linf", "l2", "l1")
 # The norms whose standard composition here is the official one.
 OFFICIAL_NORMS = ("linf", "l2", "l1")
@@ -56,6 +51,11 @@ class AutoAttackReport:
     seconds: dict = field(default_factory=dict)  # stage name → wall-clock seconds it took
     robust_accuracy: float = float("nan")
     broken_by: list = field(default_factory=list)  # stage name, "clean", or None if it survived
+
+
+def version_for(random: bool) -> str:
+    """AutoAttack's version for a model that is random or not: `rand` (EOT, no FAB-T or Square), else `standard`."""
+    return "rand" if random else "standard"
 
 
 def _stages(version: str, norm: str, steps: int, queries: int, targets: int, fab_steps: int) -> dict:

@@ -124,9 +124,9 @@ def batch_signature(x, label_vectors: int = 1) -> list:
     return [tf.TensorSpec((None, *np.shape(x)[1:]), tf.float32), *[tf.TensorSpec((None,), tf.int32)] * label_vectors]
 
 
-def graph_loop(step, steps, *state) -> tuple:
-    """`state ← step(k, *state)[1:]` for k = 0 … steps − 1 (`step` returns k + 1 first), as one
-    `tf.while_loop`; returns the final state.
+def graph_loop(step, steps, *state, first: int = 0, done=None) -> tuple:
+    """`state ← step(k, *state)[1:]` for k = first … steps − 1 (`step` returns k + 1 first), as one
+    `tf.while_loop`, stopping early once `done(*state)` holds (a scalar bool); returns the final state.
 
     The attack graphs are written without autograph (`tf.function(autograph=False)`), as Keras' own train
     and predict steps are: converting their source cost 1–2 s a graph on this project's CPU
@@ -136,7 +136,10 @@ def graph_loop(step, steps, *state) -> tuple:
         >>> graph_loop(lambda k, total: (k + 1, total + k), 4, tf.constant(0))[0].numpy()
         6
     """
-    return tuple(tf.while_loop(lambda k, *_: k < steps, step, (tf.constant(0), *state))[1:])
+    def running(k, *state):
+        return k < steps if done is None else (k < steps) & ~done(*state)
+
+    return tuple(tf.while_loop(running, step, (tf.constant(first), *state))[1:])
 
 
 def run_batched(attack, x, y, batch_size: int, label: str) -> np.ndarray:

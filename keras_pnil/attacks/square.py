@@ -8,7 +8,14 @@ from dataclasses import replace
 import numpy as np
 import tensorflow as tf
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, batch_signature, check_attack_args, compiled, run_batched
+from keras_pnil.attacks.common import (
+    DEFAULT_BATCH_SIZE,
+    batch_signature,
+    check_attack_args,
+    compiled,
+    graph_loop,
+    run_batched,
+)
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.threat import DEFAULT_BOUNDS, Norm, ThreatModel
 from keras_pnil.validation import check_count
@@ -54,13 +61,10 @@ def _keep_better(x, x_new, x_best, margin_new, margin):
 
 
 def _queries(query_step, queries: int, x_best, margin):
-    """Square's loop: `query_step(query, x_best, margin) → (query + 1, x_best, margin)` for queries 1 to
-    `queries - 1` (the start was the first), stopping once every image is misclassified (margin ≤ 0).
-    Written without autograph, as Keras' own steps are: its conversion cost seconds per graph."""
-    def running(query, x_best, margin):
-        return (query < queries) & ~tf.reduce_all(margin <= 0.0)
-
-    return tf.while_loop(running, query_step, (tf.constant(1), x_best, margin))[1]
+    """Square's loop (see `graph_loop`): `query_step(query, x_best, margin) → (query + 1, x_best, margin)` for
+    queries 1 to `queries - 1` (the start was the first), stopping once every image is misclassified."""
+    return graph_loop(query_step, queries, x_best, margin, first=1,
+                      done=lambda x_best, margin: tf.reduce_all(margin <= 0.0))[0]
 
 
 def _window(rows, cols, top, left, side):
