@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from keras_pnil import experiments, jobs, loading, replicas, report, reproduce, results, runs, targets
-from keras_pnil.attacks.common import progress_bars
+from keras_pnil.attacks.common import progress_bars, threads_for_lanes
 from keras_pnil.attacks.registry import ATTACKS
 from keras_pnil.data import DATASETS, DatasetError, load_npz
 from keras_pnil.evaluation import evaluate
@@ -430,6 +430,7 @@ def _estimate(prepared) -> float:
 def evaluate_main(argv=None) -> int:
     parser = evaluate_parser()
     args = parser.parse_args(argv)
+    threads_for_lanes()  # before TensorFlow's first operation
     spread = replicas.replicas(args.strategy)  # before any work
     model_files_only = all(targets.is_model_file(Path(t)) for t in args.targets)
     # Checked against the norm and range, which come after it on the line (a run's norm is its own: checked then).

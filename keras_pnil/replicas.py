@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pnil import recipe
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE
+from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, placed
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # Images per independent attack call: four of the attack's batches. Every chunk is a whole attack call
@@ -190,7 +190,7 @@ class Replicas:
         stop = threading.Event()  # set when a replica fails or the run is interrupted: the others stop too
 
         def work(replica: int) -> None:
-            with tf.device(self.devices[replica]) if self.devices else contextlib.nullcontext():
+            with placed(self.devices[replica] if self.devices else None):  # the attacks' lanes too
                 for c in mine[replica::len(copies)]:
                     if stop.is_set():
                         return

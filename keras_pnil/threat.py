@@ -77,7 +77,7 @@ class Norm:
         """The unit-norm direction of steepest ascent for a gradient (rows)."""
         raise NotImplementedError
 
-    def random_delta(self, rng: tf.random.Generator, shape, epsilon: float):
+    def random_delta(self, rng, shape, epsilon: float):
         """A random perturbation of norm ε (projected into the box by the caller)."""
         raise NotImplementedError
 
@@ -255,8 +255,8 @@ class ThreatModel:
         """The norm's unit steepest-ascent direction, shaped like `grad`."""
         return tf.reshape(self.norm.ascent(_flat(grad), sparsity), tf.shape(grad))
 
-    def random_start(self, rng: tf.random.Generator, x):
-        """A random point of the ball around `x` inside the bounds, from the attack's own generator."""
+    def random_start(self, rng, x):
+        """A random point of the ball around `x` inside the bounds, drawn from `rng` (`Draws` or a generator)."""
         return self.project(x + self.norm.random_delta(rng, tf.shape(x), self.epsilon), x)
 
     def clip(self, z):

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
+    SEED_SPEC,
     TARGET_CLASSES,
+    Draws,
     batch_signature,
     batches,
     check_attack_args,
@@ -107,7 +109,7 @@ def _evaluator(model_fn: EOT, losses: tuple[str, ...]):
 
 
 def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[str, ...], momentum: float,
-                rho: float, rng: tf.random.Generator, signature: list):
+                rho: float, signature: list):
     """The compiled APGD loop (L∞ or L2) for one batch: returns (best adversarial or highest-loss input, fooled)."""
     evaluate = _evaluator(model_fn, losses)
     epsilon = threat.epsilon
@@ -117,9 +119,9 @@ def _apgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[st
     window = np.zeros(steps + 1, np.float32)
     window[checkpoints] = np.diff(np.concatenate([[0], checkpoints]))
 
-    @tf.function(input_signature=signature, autograph=False)  # no autograph, as Keras' own steps (see `graph_loop`)
-    def attack(x, y, target, which):
-        x_k = threat.random_start(rng, x)
+    @tf.function(input_signature=[*signature, SEED_SPEC], autograph=False)  # see `graph_loop`
+    def attack(x, y, target, which, seed):
+        x_k = threat.random_start(Draws(seed), x)
         loss_k, grad, fooled = evaluate(x_k, y, target, which)
         eta = tf.fill(tf.shape(loss_k), 2.0 * epsilon)
 
@@ -175,7 +177,7 @@ def l1_warmup_schedule(steps: int) -> list[tuple[float, int]]:
 
 
 def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple[str, ...],
-                   rng: tf.random.Generator, signature: list, warmup: bool = False):
+                   signature: list, warmup: bool = False):
     """APGD-L1 for one batch (Croce and Hein, 2021): sparse steps projected onto the L1 ball ∩ the input
     range, no momentum, the sparsity and step adapted every `L1_PERIOD` of a phase's steps (see the constants).
 
@@ -230,9 +232,9 @@ def _apgd_l1_graph(model_fn: EOT, threat: ThreatModel, steps: int, losses: tuple
         _, _, best_adv, ever_fooled, x_best, *_ = state
         return x_best, tf.where(per_image(ever_fooled, x), best_adv, x_best), ever_fooled
 
-    @tf.function(input_signature=signature, autograph=False)
-    def attack(x, y, target, which):
-        x_k = x + rng.normal(tf.shape(x))
+    @tf.function(input_signature=[*signature, SEED_SPEC], autograph=False)
+    def attack(x, y, target, which, seed):
+        x_k = x + Draws(seed).normal(tf.shape(x))
         for ball, phase_steps in balls:
             x_k, adv, fooled = phase(ball, phase_steps, x, y, target, which, ball.project(x_k, x), chained=warmup)
         return adv, fooled
@@ -248,13 +250,14 @@ def _compiled_apgd(model, x, threat: ThreatModel, steps: int, loss: str, momentu
     losses = _graph_losses(loss)
     signature = [*batch_signature(x, 2), tf.TensorSpec((), tf.int32)]
 
-    def build(rng):
+    def build():
         if threat.norm.name == "l1":  # L1's own schedule (the 2021 paper)
-            return _apgd_l1_graph(model_fn, threat, steps, losses, rng, signature, warmup)
-        return _apgd_graph(model_fn, threat, steps, losses, momentum, rho, rng, signature)
+            return _apgd_l1_graph(model_fn, threat, steps, losses, signature, warmup)
+        return _apgd_graph(model_fn, threat, steps, losses, momentum, rho, signature)
 
     key = ("apgd", np.shape(x)[1:], model_fn.samples, threat, steps, losses, momentum, rho, warmup)
-    graph, which = compiled(model, key, build, seed), tf.constant(losses.index(loss), tf.int32)
+    graph = compiled(model, key, build, seed, lanes=not model_fn.random)
+    which = tf.constant(losses.index(loss), tf.int32)
     return model_fn, lambda x, y, target: graph(x, y, target, which)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -66,26 +67,142 @@ def _seed_value(seed: int | None) -> int:
 # go with the model. (A global cache keyed weakly by model would keep every model alive: its graphs
 # refer to it.) Set past Keras' attribute tracking, which would try to track the dict as state.
 _CACHE = "_keras_pnil_attack_graphs"
+# On a machine without a GPU, each batch of an attack on a deterministic model is cut into `LANES` slices,
+# attacked side by side from threads of their own through the one traced graph: on small batches one
+# thread per operation beats two (Square-L2 on 27 images: 1.2 s against 2.1–3.7 s), and on full ones two
+# slices beat one batch spread over both cores (APGD-CE on 1,000 MNIST images: 6.4 s against 9.2 s;
+# docs/benchmarks.md). The slices are fixed by the batch alone, each with its own seed, so whether they
+# run side by side or one after the other cannot change a result.
+LANES = 2
+# The device an attack runs on (`placed`), for the lanes' threads, which do not inherit TensorFlow's scope.
+_DEVICE = contextvars.ContextVar("keras_pnil_attack_device", default=None)
+_POOL: list = []  # the lanes' threads, made on first use
 
 
-def compiled(model: keras.Model, key: tuple, build, seed: int | None):
-    """The attack graph `build(rng)` for `model` and `key`, built once, its generator reset to `seed`.
+class Draws:
+    """An attack graph's random draws, all from the seed its call is given (TensorFlow's stateless draws).
 
-    The attack's own `tf.random.Generator` is created with the graph (a
-    variable cannot be created inside a traced function) and reseeded on every
-    call, so a cached graph gives exactly what a fresh one would. It never
-    reads or resets TensorFlow's global seed.
+    A drop-in for the `tf.random.Generator` methods the attacks use (`uniform`,
+    `normal`), each draw from its own key; `at(k)` gives iteration `k` of a
+    loop its own draws (a loop's body is traced once: its draws must fold in
+    the iteration). A graph holds no generator, so one traced graph can serve
+    calls from several threads at once, each call's draws its own.
+
+    Example:
+        >>> draws = Draws(tf.constant([0, 1], tf.int64))
+        >>> draws.uniform([2], 0.0, 1.0).shape, draws.at(3).normal([1]).shape
+        (TensorShape([2]), TensorShape([1]))
+    """
+
+    def __init__(self, seed):
+        self.seed, self._drawn = seed, 0
+
+    def _key(self):
+        self._drawn += 1
+        return tf.random.experimental.stateless_fold_in(self.seed, self._drawn)
+
+    def uniform(self, shape, minval=0, maxval=None, dtype=tf.float32):
+        return tf.random.stateless_uniform(shape, self._key(), minval, maxval, dtype)
+
+    def normal(self, shape, dtype=tf.float32):
+        return tf.random.stateless_normal(shape, self._key(), dtype=dtype)
+
+    def at(self, k) -> Draws:
+        return Draws(tf.random.experimental.stateless_fold_in(self._key(), k))
+
+
+SEED_SPEC = tf.TensorSpec((2,), tf.int64)  # the last input of every attack graph: its call's seed (see `Draws`)
+
+
+@contextlib.contextmanager
+def placed(device: str | None):
+    """Runs the attacks within on `device` (None: where TensorFlow places them), their lanes' threads too."""
+    token = _DEVICE.set(device)
+    try:
+        with tf.device(device) if device else contextlib.nullcontext():
+            yield
+    finally:
+        _DEVICE.reset(token)
+
+
+def _on_device(graph, args):
+    device = _DEVICE.get()
+    with tf.device(device) if device else contextlib.nullcontext():
+        return graph(*args)
+
+
+def threads_for_lanes() -> bool:
+    """On a machine without a GPU, gives each of the `LANES` lanes its share of the cores (intra-op threads:
+    cores // LANES, at least 1); returns whether it could. TensorFlow takes this setting only before its first
+    operation, so a command calls it first thing; afterwards (or with a GPU) it changes nothing.
+
+    The evaluate command does: APGD-L2 on 1,000 MNIST images took 5.2 s so, 6.5–7.5 s in lanes over
+    TensorFlow's default threads and 7.4 s in one batch (docs/benchmarks.md).
+
+    Example:
+        >>> threads_for_lanes()  # doctest: +SKIP
+        True
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max((os.cpu_count() or 1) // LANES, 1))
+    except RuntimeError:  # TensorFlow has started: its threads stay as they are
+        return False
+    return True
+
+
+def _lanes() -> int:
+    """`LANES` on a machine without a GPU, else 1 (a GPU takes the batch whole)."""
+    return 1 if tf.config.list_logical_devices("GPU") else LANES
+
+
+class SeededGraph:
+    """A compiled attack graph `(inputs..., seed) → per-image outputs`, called as `(inputs...)`: call n of
+    an attack seeded s gives slice i of its batch the seed (s, n · LANES + i). Its inputs with an open
+    first dimension are the batch; the others (e.g. APGD's loss switch) go whole to every slice."""
+
+    def __init__(self, graph, seed: int, slices: int):
+        self.graph, self.seed, self.slices, self.calls = graph, seed, slices, 0
+        self._batched = [spec.shape.rank and spec.shape[0] is None for spec in graph.input_signature[:-1]]
+
+    def __call__(self, *args):
+        call, self.calls = self.calls, self.calls + 1
+        n = int(next(a for a, batched in zip(args, self._batched, strict=True) if batched).shape[0])
+        cuts = sorted({n * i // self.slices for i in range(self.slices + 1)})
+        calls = [self._slice(args, lo, hi, call * LANES + i)
+                 for i, (lo, hi) in enumerate(zip(cuts, cuts[1:], strict=False))]
+        if len(calls) <= 1:
+            return self.graph(*(calls[0] if calls else self._slice(args, 0, n, call * LANES)))
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(LANES, thread_name_prefix="keras-pnil-lane"))
+        futures = [_POOL[0].submit(contextvars.copy_context().run, _on_device, self.graph, c) for c in calls]
+        parts = [future.result() for future in futures]
+        return tf.nest.map_structure(lambda *slices: tf.concat(slices, 0), *parts)
+
+    def _slice(self, args, lo: int, hi: int, stream: int) -> tuple:
+        """Images lo to hi of the batch inputs, the other inputs whole, and the seed (seed, stream)."""
+        return (*(a[lo:hi] if batched else a for a, batched in zip(args, self._batched, strict=True)),
+                tf.constant([self.seed, stream], tf.int64))
+
+
+def compiled(model: keras.Model, key: tuple, build, seed: int | None, *, lanes: bool = True) -> SeededGraph:
+    """The attack graph `build()` for `model` and `key`, built once, as a `SeededGraph` of `seed`.
+
+    `build()` returns a `tf.function` whose last input is its call's seed
+    (`SEED_SPEC`; its draws come from `Draws(seed)`), so a cached graph gives
+    exactly what a fresh one would. It never reads or resets TensorFlow's
+    global seed. With `lanes` (on a deterministic model) and no GPU, each batch
+    is attacked in `LANES` slices side by side; never on a random model, whose
+    noise layers draw from generators the slices would share.
     """
     graphs = getattr(model, _CACHE, None)
     if graphs is None:
         graphs = {}
         object.__setattr__(model, _CACHE, graphs)
     if key not in graphs:
-        rng = tf.random.Generator.from_seed(0)
-        graphs[key] = (build(rng), rng)
-    attack, rng = graphs[key]
-    rng.reset_from_seed(_seed_value(seed))
-    return attack
+        graphs[key] = build()
+    return SeededGraph(graphs[key], _seed_value(seed), _lanes() if lanes else 1)
 
 
 # Whether attacks draw a progress bar over their batches (the evaluate command turns them on).

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
+    SEED_SPEC,
     TARGET_CLASSES,
     batch_signature,
     batches,
@@ -55,8 +56,8 @@ def _fab_graph(model_fn: EOT, threat: ThreatModel, steps: int, alpha_max: float,
     def fooled(z, shape, y):
         return tf.not_equal(tf.argmax(model_fn(tf.reshape(z, shape)), -1, output_type=tf.int32), y)
 
-    @tf.function(input_signature=signature, autograph=False)  # see `graph_loop`
-    def attack(x, y, target):
+    @tf.function(input_signature=[*signature, SEED_SPEC], autograph=False)  # see `graph_loop`
+    def attack(x, y, target, seed):  # FAB-T draws nothing: the seed is every attack graph's last input
         shape = tf.shape(x)
         x0 = tf.reshape(x, [shape[0], -1])
 
@@ -120,8 +121,8 @@ def fab_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int 
         return x.copy()
     model_fn = EOT(model, eot_samples, images=x)
     key = ("fab-t", np.shape(x)[1:], model_fn.samples, threat.norm.name, threat.bounds, steps, alpha_max, eta, beta)
-    attack = compiled(model, key, lambda rng: _fab_graph(model_fn, threat, steps, alpha_max, eta, beta,
-                                                         batch_signature(x, 2)), seed)
+    attack = compiled(model, key, lambda: _fab_graph(model_fn, threat, steps, alpha_max, eta, beta,
+                                                     batch_signature(x, 2)), seed, lanes=not model_fn.random)
     x_adv, norms = x.copy(), np.full(len(x), np.inf)
     for k, target in enumerate(target_classes(model_fn, x, targets, batch_size).T, start=1):
         for idx in batches(np.flatnonzero(norms > epsilon), batch_size, f"fab-t target {k}/{targets}"):

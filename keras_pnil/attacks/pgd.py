@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
+    SEED_SPEC,
+    Draws,
     batch_signature,
     check_attack_args,
     compiled,
@@ -81,11 +83,11 @@ def signed_ascent(gradient: Callable, x, start, epsilon: float, steps: int, step
 
 
 def _pgd_graph(model_fn: EOT, threat: ThreatModel, steps: int, step_size: float, random_start: bool,
-               rng: tf.random.Generator, signature: list):
-    # The random start is drawn from the attack's own generator, never TensorFlow's global one.
-    @tf.function(input_signature=signature, autograph=False)  # see `graph_loop`
-    def attack(x, y):
-        start = threat.random_start(rng, x) if random_start else x
+               signature: list):
+    # The random start is drawn from the call's own seed (`Draws`), never TensorFlow's global generator.
+    @tf.function(input_signature=[*signature, SEED_SPEC], autograph=False)  # see `graph_loop`
+    def attack(x, y, seed):
+        start = threat.random_start(Draws(seed), x) if random_start else x
         return signed_ascent(loss_gradient(model_fn, negative_log_likelihood, y), x, start, threat.epsilon, steps,
                              step_size, threat=threat)
 
@@ -127,8 +129,8 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
         raise ValueError(f"step_size must lie in (0, epsilon={epsilon}]; got {step_size!r}.")
     model_fn = EOT(model, eot_samples, images=x)
     attack = compiled(model, ("pgd", np.shape(x)[1:], model_fn.samples, threat, steps, step_size, random_start),
-                      lambda rng: _pgd_graph(model_fn, threat, steps, step_size, random_start, rng,
-                                             batch_signature(x)), seed)
+                      lambda: _pgd_graph(model_fn, threat, steps, step_size, random_start, batch_signature(x)),
+                      seed, lanes=not model_fn.random)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     x_adv = run_batched(attack, x, y, batch_size, f"pgd {steps} steps, restart 1/{restarts}")
     if restarts == 1:

@@ -13,7 +13,15 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.attacks.spsa import _project_perturbation, margin_logit_loss
 
-from keras_pnil.attacks.common import DEFAULT_BATCH_SIZE, batch_signature, check_attack_args, compiled, run_batched
+from keras_pnil.attacks.common import (
+    DEFAULT_BATCH_SIZE,
+    SEED_SPEC,
+    Draws,
+    batch_signature,
+    check_attack_args,
+    compiled,
+    run_batched,
+)
 from keras_pnil.attacks.eot import EOT, tile
 from keras_pnil.threat import DEFAULT_BOUNDS, ThreatModel
 from keras_pnil.validation import check_count, check_positive
@@ -29,26 +37,26 @@ class BatchedSPSAAdam:
     Adam's scale invariance makes equivalent up to its ε).
     """
 
-    def __init__(self, rng: tf.random.Generator, learning_rate: float = 0.01, delta: float = 0.01,
+    def __init__(self, learning_rate: float = 0.01, delta: float = 0.01,
                  perturbations: int = 128, chunks: int = 1, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-9):
         if perturbations < 2 or perturbations % 2 or perturbations % (2 * chunks):
             raise ValueError(f"perturbations must be even and split into {chunks} equal mirrored chunks; "
                              f"got {perturbations!r}.")
-        self.rng, self.learning_rate, self.delta = rng, learning_rate, delta
+        self.learning_rate, self.delta = learning_rate, delta
         self.half_chunk, self.chunks = perturbations // (2 * chunks), chunks
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
 
     def init_state(self, x):
         return {"t": 0.0, "m": tf.zeros_like(x), "u": tf.zeros_like(x)}
 
-    def _gradient(self, loss_fn, x):
+    def _gradient(self, loss_fn, x, rng: Draws):
         shape = tf.concat([[self.half_chunk], tf.shape(x)], 0)
         # Extra dimensions so a per-(perturbation, image) loss broadcasts over pixels.
         loss_shape = tf.concat([[2 * self.half_chunk, tf.shape(x)[0]], tf.ones(tf.rank(x) - 1, tf.int32)], 0)
 
-        def chunk_estimate(total, _):
-            delta_x = self.delta * tf.sign(self.rng.uniform(shape, -1.0, 1.0, dtype=x.dtype))
+        def chunk_estimate(total, chunk):
+            delta_x = self.delta * tf.sign(rng.at(chunk).uniform(shape, -1.0, 1.0, dtype=x.dtype))
             # Static shapes, so the model's graph keeps its fused, shape-specialised kernels (a quarter
             # faster here than on dimensions known only at run time).
             delta_x = tf.ensure_shape(tf.concat([delta_x, -delta_x], axis=0), [2 * self.half_chunk, *x.shape])
@@ -59,10 +67,11 @@ class BatchedSPSAAdam:
         total = tf.foldl(chunk_estimate, tf.range(self.chunks), initializer=tf.zeros_like(x))
         return total / self.chunks
 
-    def minimize(self, loss_fn, x, state):
-        """One Adam step on `x` down the SPSA estimate of ∇ loss_fn; returns (x, state)."""
+    def minimize(self, loss_fn, x, state, rng: Draws):
+        """One Adam step on `x` down the SPSA estimate of ∇ loss_fn, its perturbations from `rng` (the step's
+        `Draws`); returns (x, state)."""
         t = state["t"] + 1.0
-        g = self._gradient(loss_fn, x)
+        g = self._gradient(loss_fn, x, rng)
         m = self.beta_1 * state["m"] + (1.0 - self.beta_1) * g
         u = self.beta_2 * state["u"] + (1.0 - self.beta_2) * g * g
         m_hat = m / (1.0 - tf.pow(self.beta_1, t))
@@ -94,13 +103,14 @@ def _spsa_graph(loss_fn, threat: ThreatModel, steps: int, optimizer: BatchedSPSA
                 signature: list):
     epsilon, (lo, hi) = threat.epsilon, threat.bounds
 
-    @tf.function(input_signature=signature)
-    def attack(x, y):
-        start = optimizer.rng.uniform(tf.shape(x), -epsilon, epsilon)
+    @tf.function(input_signature=[*signature, SEED_SPEC])
+    def attack(x, y, seed):
+        rng = Draws(seed)
+        start = rng.uniform(tf.shape(x), -epsilon, epsilon)
         delta = _project_perturbation(start, epsilon, x, clip_min=lo, clip_max=hi)
         state = optimizer.init_state(delta)
-        for _ in tf.range(steps):
-            delta, state = optimizer.minimize(lambda d: loss_fn(x + d, y), delta, state)
+        for step in tf.range(steps):
+            delta, state = optimizer.minimize(lambda d: loss_fn(x + d, y), delta, state, rng.at(step))
             delta = _project_perturbation(delta, epsilon, x, clip_min=lo, clip_max=hi)
             if early_stop and tf.reduce_mean(loss_fn(x + delta, y)) < 0.0:
                 break  # CleverHans' rule: the batch's mean margin says it is fooled
@@ -153,10 +163,11 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
     batch_size = min(batch_size, max(len(x), 1))
     chunks = _chunks(perturbations, perturbations * batch_size * model_fn.samples, max_model_batch)
 
-    def build(rng):
-        optimizer = BatchedSPSAAdam(rng, learning_rate * threat.width, delta * threat.width, perturbations, chunks)
+    def build():
+        optimizer = BatchedSPSAAdam(learning_rate * threat.width, delta * threat.width, perturbations, chunks)
         return _spsa_graph(_margin_loss(model_fn), threat, steps, optimizer, early_stop, batch_signature(x))
 
     attack = compiled(model, ("spsa", np.shape(x)[1:], model_fn.samples, threat, steps, perturbations,
-                              learning_rate, delta, early_stop, chunks), build, seed)
+                              learning_rate, delta, early_stop, chunks), build, seed,
+                      lanes=False)  # unsliced: the early stop reads the whole batch's mean margin (CleverHans' rule)
     return run_batched(attack, x, y, batch_size, f"spsa {steps} steps × {perturbations} perturbations")

@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from keras_pnil.attacks.common import (
     DEFAULT_BATCH_SIZE,
+    SEED_SPEC,
+    Draws,
     batch_signature,
     check_attack_args,
     compiled,
@@ -67,36 +69,38 @@ def _queries(query_step, queries: int, x_best, margin):
                       done=lambda x_best, margin: tf.reduce_all(margin <= 0.0))[0]
 
 
+def _signs(rng: Draws, shape):
+    return tf.sign(rng.uniform(shape, -1.0, 1.0))
+
+
 def _window(rows, cols, top, left, side):
     return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
 
 
 def _square_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, schedule: int,
-                  rng: tf.random.Generator,
                   signature: list):
     margin_of = _margin(model_fn)
     epsilon, (lo, hi) = threat.epsilon, threat.bounds
 
-    def signs(shape):
-        return tf.sign(rng.uniform(shape, -1.0, 1.0))
-
-    @tf.function(input_signature=signature, autograph=False)
-    def attack(x, y):
+    @tf.function(input_signature=[*signature, SEED_SPEC], autograph=False)
+    def attack(x, y, seed):
+        rng = Draws(seed)
         batch, height, width = tf.unstack(tf.shape(x)[:3])
         channels = x.shape[-1]  # static, so the loop keeps x_best's shape
         # Start: vertical stripes of ±ε, one sign per column and channel.
-        x_best = tf.clip_by_value(x + epsilon * signs([batch, 1, width, channels]), lo, hi)
+        x_best = tf.clip_by_value(x + epsilon * _signs(rng, [batch, 1, width, channels]), lo, hi)
         rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
 
         def query_step(query, x_best, margin):
+            draws = rng.at(query)
             side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, schedule)
                                             * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.clip_by_value(side, 1, height - 1)
-            top = rng.uniform([batch, 1, 1], 0, height - side + 1, tf.int32)
-            left = rng.uniform([batch, 1, 1], 0, width - side + 1, tf.int32)
+            top = draws.uniform([batch, 1, 1], 0, height - side + 1, tf.int32)
+            left = draws.uniform([batch, 1, 1], 0, width - side + 1, tf.int32)
             window = _window(rows, cols, top, left, side)
             # A fresh ±ε per channel over the square, for the images not yet fooled.
-            candidate = tf.where(window[..., None], epsilon * signs([batch, 1, 1, channels]), x_best - x)
+            candidate = tf.where(window[..., None], epsilon * _signs(draws, [batch, 1, 1, channels]), x_best - x)
             x_new = tf.clip_by_value(x + candidate, lo, hi)
             return (query + 1, *_keep_better(x, x_new, x_best, margin_of(x_new, y), margin))
 
@@ -130,7 +134,7 @@ def _placed(pattern, u, v, side, flip):
     return tf.where(inside, tf.gather_nd(pattern, tf.stack([tf.where(flip, v, u), tf.where(flip, u, v)], -1)), 0.0)
 
 
-def _grid_start(norm: Norm, power: float, rng: tf.random.Generator, batch, height: int, width: int,
+def _grid_start(norm: Norm, power: float, rng: Draws, batch, height: int, width: int,
                 channels: int):
     """The official L2 and L1 start: a grid of windows of side s = ⌊height/5⌋ (at least 1; the official code
     fails below 5 pixels), ⌊height/s⌋ × ⌊width/s⌋ of them from the offset that centres five, each holding the
@@ -150,7 +154,6 @@ def _grid_start(norm: Norm, power: float, rng: tf.random.Generator, batch, heigh
 
 
 def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: float, schedule: int,
-                     rng: tf.random.Generator,
                      signature: list):
     """Square in L2 (the paper's Algorithm 3) or L1, as the official code composes them: each query moves the
     perturbation's mass of two windows into a fresh meta-pattern on the first (`_meta_pattern`, a random sign
@@ -164,9 +167,6 @@ def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
     p, power = norm.p, RING_POWER[norm.name]
     ball = replace(threat, epsilon=epsilon * (1.0 - L1_RADIUS_SLACK)) if norm.name == "l1" else threat
 
-    def signs(shape):
-        return tf.sign(rng.uniform(shape, -1.0, 1.0))
-
     def lp(t, axes=(1, 2)):  # per-channel (or, with axes (1, 2, 3), per-image) norms
         return tf.pow(tf.reduce_sum(tf.pow(tf.abs(t), p), axis=axes, keepdims=True), 1.0 / p)
 
@@ -175,28 +175,30 @@ def _square_lp_graph(model_fn: EOT, threat: ThreatModel, queries: int, p_init: f
             return ball.project(x + delta, x)
         return tf.clip_by_value(x + epsilon * tf.math.divide_no_nan(delta, lp(delta, (1, 2, 3))), lo, hi)
 
-    @tf.function(input_signature=signature, autograph=False)
-    def attack(x, y):
+    @tf.function(input_signature=[*signature, SEED_SPEC], autograph=False)
+    def attack(x, y, seed):
+        rng = Draws(seed)
         batch, height, width = tf.unstack(tf.shape(x)[:3])
         static_height, static_width, channels = x.shape[1:]  # static, so the loop keeps x_best's shape
         x_best = into_ball(x, _grid_start(norm, power, rng, batch, static_height, static_width, channels))
         rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
 
         def query_step(query, x_best, margin):
+            draws = rng.at(query)
             side = tf.cast(tf.round(tf.sqrt(_square_fraction(p_init, query, schedule)
                                             * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.maximum(side, 3)
             side = tf.minimum(side + 1 - side % 2, tf.minimum(height, width))  # odd, within the image
-            first, second = ([rng.uniform([batch, 1, 1], 0, extent - side + 1, tf.int32) for extent in (height, width)]
-                             for _ in range(2))
+            first, second = ([draws.uniform([batch, 1, 1], 0, extent - side + 1, tf.int32)
+                              for extent in (height, width)] for _ in range(2))
             w1 = tf.cast(_window(rows, cols, *first, side), x.dtype)[..., None]
             both = tf.maximum(w1, tf.cast(_window(rows, cols, *second, side), x.dtype)[..., None])
             delta = x_best - x
-            flip = rng.uniform([batch, 1, 1], 0, 2, tf.int32) > 0
+            flip = draws.uniform([batch, 1, 1], 0, 2, tf.int32) > 0
             pattern = _placed(_meta_pattern(norm, side, power), rows - first[0] + 0 * cols,
                               cols - first[1] + 0 * rows, side, flip)
-            fresh = pattern[..., None] * signs([batch, 1, 1, channels]) + tf.math.divide_no_nan(delta * w1,
-                                                                                              lp(delta * w1))
+            fresh = (pattern[..., None] * _signs(draws, [batch, 1, 1, channels])
+                     + tf.math.divide_no_nan(delta * w1, lp(delta * w1)))
             spare = tf.nn.relu(epsilon ** p - tf.pow(lp(delta, (1, 2, 3)), p)) / channels
             mass = tf.pow(spare + tf.pow(lp(delta * both), p), 1.0 / p) * (channels if norm.name == "l1" else 1)
             fresh = tf.math.divide_no_nan(fresh, lp(fresh)) * mass
@@ -255,5 +257,6 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
     model_fn = EOT(model, eot_samples, images=x)
     graph = _square_graph if threat.norm.name == "linf" else _square_lp_graph
     attack = compiled(model, ("square", np.shape(x)[1:], model_fn.samples, threat, queries, p_init, schedule),
-                      lambda rng: graph(model_fn, threat, queries, p_init, schedule, rng, batch_signature(x)), seed)
+                      lambda: graph(model_fn, threat, queries, p_init, schedule, batch_signature(x)), seed,
+                      lanes=not model_fn.random)
     return run_batched(attack, x, y, batch_size, f"square {queries} queries")
