@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_pnil.files import atomic_write_json, read_json
 
-VERSION = "0.6.0"  # the library's; a new version never reads back an older one's numbers
+VERSION = "0.7.0"  # the library's; a new version never reads back an older one's numbers
 
 
 def evaluation_key(model, x, y, plan) -> str:
