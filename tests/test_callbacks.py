@@ -95,7 +95,7 @@ def test_the_monitor_traces_its_attack_once_for_all_epochs(mnist):
     trainer = _trainer()
     monitor = CatastrophicOverfittingMonitor(x[:50], y[:50], EPS, steps=2)
     trainer.fit(x[:200], y[:200], epochs=3, verbose=0, callbacks=[monitor])
-    graphs = [fn for fn, _ in vars(trainer)["_keras_pnil_attack_graphs"].values()]
+    graphs = list(vars(trainer)["_keras_pnil_attack_graphs"].values())
     assert len(graphs) == 1 and graphs[0].experimental_get_tracing_count() == 1
 
 
