@@ -9,9 +9,11 @@ replicas), on its copy of the model. Every random draw of a chunk (the
 attack's starts, restarts and Square's windows; the model's noise: a PNIL, EOT)
 comes from that chunk's own seeds, so the adversarial images do not depend on
 the number of replicas, only on the plan's seed: one device gives exactly what
-several give (bit for bit on CPUs; on GPUs as far as their kernels are
-deterministic, which `tf.config.experimental.enable_op_determinism()` makes
-them, as it makes two runs on one GPU agree). Chunk 0 keeps the plan's seed and
+several give (bit for bit on CPUs, whose replicas cut each batch into the same
+lanes, `attacks.common.LANES`, in processes with the same thread settings; on
+GPUs, which take each batch whole, as far as their kernels are deterministic,
+which `tf.config.experimental.enable_op_determinism()` makes them, as it makes
+two runs on one GPU agree). Chunk 0 keeps the plan's seed and
 the model's noise as they stand, so an attack on up to `CHUNK` images runs
 exactly as it did before chunks.
 

@@ -34,13 +34,22 @@ class _OneAfterTheOther:
         return future
 
 
+GPU = bool(tf.config.list_physical_devices("GPU"))
+
+
+@pytest.fixture
+def lanes(monkeypatch):
+    """The lanes on, as on a machine without a GPU (this project's test machine), on any machine."""
+    monkeypatch.setattr(common, "_lanes", lambda: common.LANES)
+
+
+@pytest.mark.skipif(GPU, reason="a GPU takes each batch whole")
 def test_the_lanes_are_on_without_a_gpu():
-    assert not tf.config.list_physical_devices("GPU")  # this project's test machine
     assert common.LANES == 2 and common._lanes() == 2
 
 
 @pytest.mark.parametrize("attack", ["apgd-l2", "square-l2", "pgd", "fab-t"])
-def test_slices_side_by_side_give_exactly_what_one_after_the_other_gives(attack, monkeypatch):
+def test_slices_side_by_side_give_exactly_what_one_after_the_other_gives(attack, monkeypatch, lanes):
     model, x = _linear(), _images(7)  # 7 images: slices of 3 and 4
     y = model.predict(x, verbose=0).argmax(1)
     run = {"apgd-l2": lambda: kp.apgd(model, x, y, 1.0, norm="l2", steps=20),
@@ -52,7 +61,7 @@ def test_slices_side_by_side_give_exactly_what_one_after_the_other_gives(attack,
     np.testing.assert_array_equal(run(), side_by_side)
 
 
-def test_each_slice_draws_from_its_own_seed():
+def test_each_slice_draws_from_its_own_seed(lanes):
     # Six copies of one image: slices 0–2 and 3–5. Were both slices given the same seed, image k and image k + 3
     # would start (and end) at the same point.
     model = _linear()
@@ -63,7 +72,7 @@ def test_each_slice_draws_from_its_own_seed():
     assert len(ends) == 6
 
 
-def test_a_random_model_is_attacked_in_whole_batches(recorder):
+def test_a_random_model_is_attacked_in_whole_batches(recorder, lanes):
     # Its noise layers draw from generators the slices would share: it takes each batch whole, one at a time.
     model = _linear(kp.PixelwiseNoiseInjection(name="pnil"), recorder)
     x = _images(6)
@@ -74,6 +83,7 @@ def test_a_random_model_is_attacked_in_whole_batches(recorder):
     assert len(recorder.seen) >= 2 and 3 not in {len(batch) for batch in recorder.seen}
 
 
+@pytest.mark.skipif(GPU, reason="a GPU takes each batch whole")
 def test_a_deterministic_model_is_attacked_in_slices(recorder):
     model = _linear(recorder)
     x = _images(6)
@@ -101,6 +111,15 @@ def test_each_iteration_of_a_loop_draws_afresh():
     np.testing.assert_array_equal(values, three_draws(tf.constant([0, 5], tf.int64)).numpy())  # the seed decides
 
 
+def test_a_seed_beyond_int64_is_taken_as_the_seed_of_its_draws():
+    model, x = _linear(), _images(4)
+    y = model.predict(x, verbose=0).argmax(1)
+    huge = kp.pgd(model, x, y, 0.1, steps=2, seed=2 ** 64 + 5)
+    np.testing.assert_array_equal(kp.pgd(model, x, y, 0.1, steps=2, seed=2 ** 64 + 5), huge)
+    assert not np.array_equal(kp.pgd(model, x, y, 0.1, steps=2, seed=2 ** 64 + 6), huge)
+
+
+@pytest.mark.skipif(GPU, reason="the setting is for the lanes of a machine without a GPU")
 def test_the_command_gives_each_lane_its_share_of_the_cores():
     # Before TensorFlow's first operation the setting takes; after it, it changes nothing and raises nothing.
     code = ("import os, tensorflow as tf; from keras_pnil.attacks.common import threads_for_lanes; "

@@ -6,7 +6,7 @@ as a NumPy array; `norm` ("linf", "l2", "l1") and `bounds` (the model's input
 range) form the threat model (`keras_pnil.threat`), and an attack without a
 version in the norm raises. `batch_size` counts images; `eot_samples` counts noise draws (default:
 20 on random models, judged by calling them twice, 1 otherwise); `seed` seeds the attack's own
-generator (TensorFlow's global seed is never read or reset). `ATTACKS` holds
+stateless draws (`common.Draws`: TensorFlow's global seed is never read or reset). `ATTACKS` holds
 one `AttackSpec` per name.
 """
 

@@ -308,7 +308,7 @@ def apgd(model, x, y, epsilon: float, *, steps: int = 100, loss: str = "ce", res
             at least 3 steps), each phase from the last one's highest-loss point.
         eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
-        seed: Seed of the attack's own random generator.
+        seed: Seed of the attack's draws (`attacks.common.SeededGraph`); None: a fresh one.
 
     Returns:
         Per image, the first misclassified input found, else the one with the
@@ -354,7 +354,7 @@ def apgd_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int
         warmup: L1 only: the larger-ε warm-up for each target (as `apgd`).
         eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
-        seed: Seed of the attack's own random generator.
+        seed: Seed of the attack's draws (`attacks.common.SeededGraph`); None: a fresh one.
 
     Returns:
         Per image, the first misclassified input found, else the last run's

@@ -1,11 +1,13 @@
-"""What every attack shares: argument checks (and the threat model), a local random generator, batching."""
+"""What every attack shares: argument checks (and the threat model), stateless draws from each call's seed, the
+lanes (a batch attacked in slices side by side), batching."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import keras
 import numpy as np
@@ -59,7 +61,11 @@ def inputs_checked():
 
 
 def _seed_value(seed: int | None) -> int:
-    return int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else check_count("seed", seed, minimum=0)
+    """`seed` as a graph's seed takes it (an int64 ≥ 0): as it is below 2^63, larger ones hashed; None: a fresh one."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little") >> 1
+    seed = check_count("seed", seed, minimum=0)
+    return seed if seed < 2 ** 63 else int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1)
 
 
 # Compiled attack graphs live on the model they attack, so repeated calls with the same settings and
@@ -76,7 +82,8 @@ _CACHE = "_keras_pnil_attack_graphs"
 LANES = 2
 # The device an attack runs on (`placed`), for the lanes' threads, which do not inherit TensorFlow's scope.
 _DEVICE = contextvars.ContextVar("keras_pnil_attack_device", default=None)
-_POOL: list = []  # the lanes' threads, made on first use
+_POOL: list = []  # the lanes' threads, made on first use (under `_POOL_LOCK`: replicas' threads share them)
+_POOL_LOCK = threading.Lock()
 
 
 class Draws:
@@ -116,7 +123,9 @@ SEED_SPEC = tf.TensorSpec((2,), tf.int64)  # the last input of every attack grap
 
 @contextlib.contextmanager
 def placed(device: str | None):
-    """Runs the attacks within on `device` (None: where TensorFlow places them), their lanes' threads too."""
+    """Runs the attacks within on `device` (None: where TensorFlow places them), their lanes' threads too (a
+    `tf.device` scope of the caller's own stays in the caller's thread: the lanes, on a machine without a GPU,
+    run where TensorFlow places them, on its CPU)."""
     token = _DEVICE.set(device)
     try:
         with tf.device(device) if device else contextlib.nullcontext():
@@ -152,6 +161,13 @@ def threads_for_lanes() -> bool:
     return True
 
 
+def _pool() -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if not _POOL:  # enough threads for the lanes of every replica's thread
+            _POOL.append(ThreadPoolExecutor(max(LANES, os.cpu_count() or 1), thread_name_prefix="keras-pnil-lane"))
+        return _POOL[0]
+
+
 def _lanes() -> int:
     """`LANES` on a machine without a GPU, else 1 (a GPU takes the batch whole)."""
     return 1 if tf.config.list_logical_devices("GPU") else LANES
@@ -174,9 +190,8 @@ class SeededGraph:
                  for i, (lo, hi) in enumerate(zip(cuts, cuts[1:], strict=False))]
         if len(calls) <= 1:
             return self.graph(*(calls[0] if calls else self._slice(args, 0, n, call * LANES)))
-        if not _POOL:
-            _POOL.append(ThreadPoolExecutor(LANES, thread_name_prefix="keras-pnil-lane"))
-        futures = [_POOL[0].submit(contextvars.copy_context().run, _on_device, self.graph, c) for c in calls]
+        futures = [_pool().submit(contextvars.copy_context().run, _on_device, self.graph, c) for c in calls]
+        wait(futures)  # every lane ends before this call does, the failed one's partner too
         parts = [future.result() for future in futures]
         return tf.nest.map_structure(lambda *slices: tf.concat(slices, 0), *parts)
 

@@ -115,7 +115,7 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
         bounds: The model's input range (lo, hi).
         eot_samples: Noise draws per gradient (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
-        seed: Seed of the attack's own random generator.
+        seed: Seed of the attack's draws (`attacks.common.SeededGraph`); None: a fresh one.
 
     Returns:
         The adversarial images, a NumPy array shaped like `x`.

@@ -149,7 +149,7 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
         bounds: The model's input range (lo, hi).
         eot_samples: Noise draws per query (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
-        seed: Seed of the attack's own random generator.
+        seed: Seed of the attack's draws (`attacks.common.SeededGraph`); None: a fresh one.
 
     Returns:
         The adversarial images, a NumPy array shaped like `x`.

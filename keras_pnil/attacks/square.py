@@ -238,7 +238,7 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
         bounds: The model's input range (lo, hi).
         eot_samples: Noise draws per score (default: 20 on random models, 1 otherwise).
         batch_size: Images per batch.
-        seed: Seed of the attack's own random generator.
+        seed: Seed of the attack's draws (`attacks.common.SeededGraph`); None: a fresh one.
         schedule_queries: The run the window schedule spans (default `queries`: the schedule rescaled to
             the run, as the official Square's own default). AutoAttack's ensemble passes 10,000, as the official
             ensemble does (`resc_schedule=False`): with 5,000 queries its windows then shrink half as often.
