@@ -1,4 +1,4 @@
-"""The attacks' lanes (`keras_pnil.attacks.common.LANES`), measured side by side in fresh processes: APGD on a
+"""The attacks' lanes (`keras_pnil.attacks.lanes`), measured side by side in fresh processes: APGD on a
 full batch and Square on the few images APGD leaves, with the batch in one slice or in lanes, under
 TensorFlow's default threads or one intra-op thread per lane (what `keras-pnil-evaluate` sets on a CPU).
 
@@ -32,10 +32,10 @@ def measure(model_path: str, images: int, norm: str, epsilon: float, slices: int
     import numpy as np
 
     import keras_pnil as kp
-    from keras_pnil.attacks import common
+    from keras_pnil.attacks import lanes
     from keras_pnil.data import load_split
 
-    common.LANES = slices
+    lanes.LANES = slices
     model = keras.models.load_model(model_path)
     x, y = load_split("mnist", "test")
     x, y = x[:images], y[:images]

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from keras_pnil import experiments, jobs, loading, replicas, report, reproduce, results, runs, targets
-from keras_pnil.attacks.common import progress_bars, threads_for_lanes
+from keras_pnil.attacks.common import progress_bars
+from keras_pnil.attacks.lanes import threads_for_lanes
 from keras_pnil.attacks.registry import ATTACKS
 from keras_pnil.data import DATASETS, DatasetError, load_npz
 from keras_pnil.evaluation import evaluate

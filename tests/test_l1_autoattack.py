@@ -73,7 +73,7 @@ def _project(points, x, epsilon):
 @pytest.fixture
 def one_lane(monkeypatch):
     # The recorder reads whole batches in order: the lanes would cut each into slices seen in any order.
-    monkeypatch.setattr("keras_pnil.attacks.common.LANES", 1)
+    monkeypatch.setattr("keras_pnil.attacks.lanes.count", lambda: 1)
 
 
 def test_the_warmup_phases_run_at_3_2_1_epsilon_each_from_the_last_ones_best_point(recorder, one_lane):

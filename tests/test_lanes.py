@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_pnil as kp
-from keras_pnil.attacks import common
+from keras_pnil.attacks import common, lanes
 from keras_pnil.attacks.common import Draws, graph_loop
 
 
@@ -38,18 +38,18 @@ GPU = bool(tf.config.list_physical_devices("GPU"))
 
 
 @pytest.fixture
-def lanes(monkeypatch):
+def lanes_on(monkeypatch):
     """The lanes on, as on a machine without a GPU (this project's test machine), on any machine."""
-    monkeypatch.setattr(common, "_lanes", lambda: common.LANES)
+    monkeypatch.setattr(lanes, "count", lambda: lanes.LANES)
 
 
 @pytest.mark.skipif(GPU, reason="a GPU takes each batch whole")
 def test_the_lanes_are_on_without_a_gpu():
-    assert common.LANES == 2 and common._lanes() == 2
+    assert lanes.LANES == 2 and lanes.count() == 2
 
 
 @pytest.mark.parametrize("attack", ["apgd-l2", "square-l2", "pgd", "fab-t"])
-def test_slices_side_by_side_give_exactly_what_one_after_the_other_gives(attack, monkeypatch, lanes):
+def test_slices_side_by_side_give_exactly_what_one_after_the_other_gives(attack, monkeypatch, lanes_on):
     model, x = _linear(), _images(7)  # 7 images: slices of 3 and 4
     y = model.predict(x, verbose=0).argmax(1)
     run = {"apgd-l2": lambda: kp.apgd(model, x, y, 1.0, norm="l2", steps=20),
@@ -61,7 +61,7 @@ def test_slices_side_by_side_give_exactly_what_one_after_the_other_gives(attack,
     np.testing.assert_array_equal(run(), side_by_side)
 
 
-def test_each_slice_draws_from_its_own_seed(lanes):
+def test_each_slice_draws_from_its_own_seed(lanes_on):
     # Six copies of one image: slices 0–2 and 3–5. Were both slices given the same seed, image k and image k + 3
     # would start (and end) at the same point.
     model = _linear()
@@ -72,7 +72,7 @@ def test_each_slice_draws_from_its_own_seed(lanes):
     assert len(ends) == 6
 
 
-def test_a_random_model_is_attacked_in_whole_batches(recorder, lanes):
+def test_a_random_model_is_attacked_in_whole_batches(recorder, lanes_on):
     # Its noise layers draw from generators the slices would share: it takes each batch whole, one at a time.
     model = _linear(kp.PixelwiseNoiseInjection(name="pnil"), recorder)
     x = _images(6)
@@ -81,6 +81,21 @@ def test_a_random_model_is_attacked_in_whole_batches(recorder, lanes):
     recorder.seen.clear()
     kp.pgd(model, x, y, 0.1, steps=2, eot_samples=1)
     assert len(recorder.seen) >= 2 and 3 not in {len(batch) for batch in recorder.seen}
+
+
+@pytest.mark.skipif(GPU, reason="a GPU takes each batch whole")
+def test_a_random_models_draws_go_in_groups_side_by_side_the_same_every_time(recorder, lanes_on):
+    # Whole batches, each EOT evaluation in two groups of draws (2 + 2 of 4, on 3 images: 6 inputs a group),
+    # which the graph runs side by side; the noise generators advance in the graph's program order, so a copy
+    # of the model, its generators where the first's started, gives the same images.
+    def model():
+        noise = kp.PixelwiseNoiseInjection(name="pnil", bias_initializer=keras.initializers.Constant(-2.0), seed=7)
+        return _linear(noise, recorder, seed=3)
+
+    x, y = _images(3), np.zeros(3, np.int64)
+    first = kp.pgd(model(), x, y, 0.2, steps=3, eot_samples=4)
+    assert 6 in {len(batch) for batch in recorder.seen} and 12 not in {len(batch) for batch in recorder.seen[-4:]}
+    np.testing.assert_array_equal(kp.pgd(model(), x, y, 0.2, steps=3, eot_samples=4), first)
 
 
 @pytest.mark.skipif(GPU, reason="a GPU takes each batch whole")
@@ -122,12 +137,12 @@ def test_a_seed_beyond_int64_is_taken_as_the_seed_of_its_draws():
 @pytest.mark.skipif(GPU, reason="the setting is for the lanes of a machine without a GPU")
 def test_the_command_gives_each_lane_its_share_of_the_cores():
     # Before TensorFlow's first operation the setting takes; after it, it changes nothing and raises nothing.
-    code = ("import os, tensorflow as tf; from keras_pnil.attacks.common import threads_for_lanes; "
+    code = ("import os, tensorflow as tf; from keras_pnil.attacks.lanes import threads_for_lanes; "
             "print(threads_for_lanes(), tf.config.threading.get_intra_op_parallelism_threads(), os.cpu_count())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     took, threads, cores = done.stdout.split()
-    assert took == "True" and int(threads) == max(int(cores) // common.LANES, 1)
+    assert took == "True" and int(threads) == max(int(cores) // lanes.LANES, 1)
     tf.constant(1.0) + 1.0  # TensorFlow has started in this process
     before = tf.config.threading.get_intra_op_parallelism_threads()
-    assert common.threads_for_lanes() is False
+    assert lanes.threads_for_lanes() is False
     assert tf.config.threading.get_intra_op_parallelism_threads() == before

@@ -256,7 +256,7 @@ def _compiled_apgd(model, x, threat: ThreatModel, steps: int, loss: str, momentu
         return _apgd_graph(model_fn, threat, steps, losses, momentum, rho, signature)
 
     key = ("apgd", np.shape(x)[1:], model_fn.samples, threat, steps, losses, momentum, rho, warmup)
-    graph = compiled(model, key, build, seed, lanes=not model_fn.random)
+    graph = compiled(model, key, build, seed, sliced=not model_fn.random)
     which = tf.constant(losses.index(loss), tf.int32)
     return model_fn, lambda x, y, target: graph(x, y, target, which)
 

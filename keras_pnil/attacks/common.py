@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_pnil.attacks import lanes
 from keras_pnil.attacks.eot import EOT
 from keras_pnil.threat import DEFAULT_BOUNDS, ThreatModel, threat_model
 from keras_pnil.validation import check_count, check_inputs
@@ -73,13 +74,6 @@ def _seed_value(seed: int | None) -> int:
 # go with the model. (A global cache keyed weakly by model would keep every model alive: its graphs
 # refer to it.) Set past Keras' attribute tracking, which would try to track the dict as state.
 _CACHE = "_keras_pnil_attack_graphs"
-# On a machine without a GPU, each batch of an attack on a deterministic model is cut into `LANES` slices,
-# attacked side by side from threads of their own through the one traced graph: on small batches one
-# thread per operation beats two (Square-L2 on 27 images: 1.2 s against 2.1–3.7 s), and on full ones two
-# slices beat one batch spread over both cores (APGD-CE on 1,000 MNIST images: 6.4 s against 9.2 s;
-# docs/benchmarks.md). The slices are fixed by the batch alone, each with its own seed, so whether they
-# run side by side or one after the other cannot change a result.
-LANES = 2
 # The device an attack runs on (`placed`), for the lanes' threads, which do not inherit TensorFlow's scope.
 _DEVICE = contextvars.ContextVar("keras_pnil_attack_device", default=None)
 _POOL: list = []  # the lanes' threads, made on first use (under `_POOL_LOCK`: replicas' threads share them)
@@ -140,42 +134,17 @@ def _on_device(graph, args):
         return graph(*args)
 
 
-def threads_for_lanes() -> bool:
-    """On a machine without a GPU, gives each of the `LANES` lanes its share of the cores (intra-op threads:
-    cores // LANES, at least 1); returns whether it could. TensorFlow takes this setting only before its first
-    operation, so a command calls it first thing; afterwards (or with a GPU) it changes nothing.
-
-    The evaluate command does: APGD-L2 on 1,000 MNIST images took 5.2 s so, 6.5–7.5 s in lanes over
-    TensorFlow's default threads and 7.4 s in one batch (docs/benchmarks.md).
-
-    Example:
-        >>> threads_for_lanes()  # doctest: +SKIP
-        True
-    """
-    if tf.config.list_physical_devices("GPU"):
-        return False
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(max((os.cpu_count() or 1) // LANES, 1))
-    except RuntimeError:  # TensorFlow has started: its threads stay as they are
-        return False
-    return True
-
-
 def _pool() -> ThreadPoolExecutor:
     with _POOL_LOCK:
         if not _POOL:  # enough threads for the lanes of every replica's thread
-            _POOL.append(ThreadPoolExecutor(max(LANES, os.cpu_count() or 1), thread_name_prefix="keras-pnil-lane"))
+            _POOL.append(ThreadPoolExecutor(max(lanes.LANES, os.cpu_count() or 1),
+                                            thread_name_prefix="keras-pnil-lane"))
         return _POOL[0]
-
-
-def _lanes() -> int:
-    """`LANES` on a machine without a GPU, else 1 (a GPU takes the batch whole)."""
-    return 1 if tf.config.list_logical_devices("GPU") else LANES
 
 
 class SeededGraph:
     """A compiled attack graph `(inputs..., seed) → per-image outputs`, called as `(inputs...)`: call n of
-    an attack seeded s gives slice i of its batch the seed (s, n · LANES + i). Its inputs with an open
+    an attack seeded s gives slice i of its batch the seed (s, n · `lanes.LANES` + i). Its inputs with an open
     first dimension are the batch; the others (e.g. APGD's loss switch) go whole to every slice."""
 
     def __init__(self, graph, seed: int, slices: int):
@@ -186,10 +155,10 @@ class SeededGraph:
         call, self.calls = self.calls, self.calls + 1
         n = int(next(a for a, batched in zip(args, self._batched, strict=True) if batched).shape[0])
         cuts = sorted({n * i // self.slices for i in range(self.slices + 1)})
-        calls = [self._slice(args, lo, hi, call * LANES + i)
+        calls = [self._slice(args, lo, hi, call * lanes.LANES + i)
                  for i, (lo, hi) in enumerate(zip(cuts, cuts[1:], strict=False))]
         if len(calls) <= 1:
-            return self.graph(*(calls[0] if calls else self._slice(args, 0, n, call * LANES)))
+            return self.graph(*(calls[0] if calls else self._slice(args, 0, n, call * lanes.LANES)))
         futures = [_pool().submit(contextvars.copy_context().run, _on_device, self.graph, c) for c in calls]
         wait(futures)  # every lane ends before this call does, the failed one's partner too
         parts = [future.result() for future in futures]
@@ -201,15 +170,15 @@ class SeededGraph:
                 tf.constant([self.seed, stream], tf.int64))
 
 
-def compiled(model: keras.Model, key: tuple, build, seed: int | None, *, lanes: bool = True) -> SeededGraph:
+def compiled(model: keras.Model, key: tuple, build, seed: int | None, *, sliced: bool = True) -> SeededGraph:
     """The attack graph `build()` for `model` and `key`, built once, as a `SeededGraph` of `seed`.
 
     `build()` returns a `tf.function` whose last input is its call's seed
     (`SEED_SPEC`; its draws come from `Draws(seed)`), so a cached graph gives
     exactly what a fresh one would. It never reads or resets TensorFlow's
-    global seed. With `lanes` (on a deterministic model) and no GPU, each batch
-    is attacked in `LANES` slices side by side; never on a random model, whose
-    noise layers draw from generators the slices would share.
+    global seed. `sliced` (on a deterministic model): each batch is attacked in
+    `lanes.count()` slices side by side (`attacks.lanes`); never on a random
+    model, whose noise layers draw from generators the slices would share.
     """
     graphs = getattr(model, _CACHE, None)
     if graphs is None:
@@ -217,7 +186,7 @@ def compiled(model: keras.Model, key: tuple, build, seed: int | None, *, lanes: 
         object.__setattr__(model, _CACHE, graphs)
     if key not in graphs:
         graphs[key] = build()
-    return SeededGraph(graphs[key], _seed_value(seed), _lanes() if lanes else 1)
+    return SeededGraph(graphs[key], _seed_value(seed), lanes.count() if sliced else 1)
 
 
 # Whether attacks draw a progress bar over their batches (the evaluate command turns them on).

@@ -23,11 +23,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_pnil.attacks import lanes
 from keras_pnil.validation import check_count, check_inputs
 
 # EOT draws used when an attack is given `eot_samples=None` and the model is
 # random: AutoAttack's `rand` version uses 20.
 DEFAULT_EOT_SAMPLES = 20
+
+
+def draw_groups(samples: int, parts: int) -> list[int]:
+    """`samples` draws in at most `parts` groups as equal as they come, the larger first.
+
+    Example:
+        >>> draw_groups(20, 2), draw_groups(3, 2), draw_groups(1, 2)
+        ([10, 10], [2, 1], [1])
+    """
+    return [samples // parts + (i < samples % parts) for i in range(min(parts, samples))]
 
 
 def tile(x, samples: int):
@@ -241,8 +252,11 @@ class EOT:
                           "their logarithms. Models should output logits.", stacklevel=3)
 
     def draws(self, x):
-        """Logits of each draw, shaped [samples, batch, classes]."""
-        outputs = scaled_backward(lambda t: self.model(t, training=False), tile(x, self.samples), self.float16)
+        """Logits of each draw, shaped [samples, batch, classes]. On a random model the draws are computed in
+        `lanes.count()` groups, which a compiled graph runs side by side (`attacks.lanes`)."""
+        groups = draw_groups(self.samples, lanes.count() if self.random else 1)
+        outputs = tf.concat([scaled_backward(lambda t: self.model(t, training=False), tile(x, draws), self.float16)
+                             for draws in groups], 0)
         if self.probabilities:
             outputs = tf.math.log(tf.maximum(outputs, 1e-30))  # log(0) would make every loss infinite
         return tf.reshape(outputs, [self.samples, tf.shape(x)[0], -1])

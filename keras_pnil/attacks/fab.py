@@ -122,7 +122,7 @@ def fab_targeted(model, x, y, epsilon: float, *, steps: int = 100, targets: int 
     model_fn = EOT(model, eot_samples, images=x)
     key = ("fab-t", np.shape(x)[1:], model_fn.samples, threat.norm.name, threat.bounds, steps, alpha_max, eta, beta)
     attack = compiled(model, key, lambda: _fab_graph(model_fn, threat, steps, alpha_max, eta, beta,
-                                                     batch_signature(x, 2)), seed, lanes=not model_fn.random)
+                                                     batch_signature(x, 2)), seed, sliced=not model_fn.random)
     x_adv, norms = x.copy(), np.full(len(x), np.inf)
     for k, target in enumerate(target_classes(model_fn, x, targets, batch_size).T, start=1):
         for idx in batches(np.flatnonzero(norms > epsilon), batch_size, f"fab-t target {k}/{targets}"):

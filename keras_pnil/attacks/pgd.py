@@ -130,7 +130,7 @@ def pgd(model, x, y, epsilon: float, *, steps: int = 50, step_size: float | None
     model_fn = EOT(model, eot_samples, images=x)
     attack = compiled(model, ("pgd", np.shape(x)[1:], model_fn.samples, threat, steps, step_size, random_start),
                       lambda: _pgd_graph(model_fn, threat, steps, step_size, random_start, batch_signature(x)),
-                      seed, lanes=not model_fn.random)
+                      seed, sliced=not model_fn.random)
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     x_adv = run_batched(attack, x, y, batch_size, f"pgd {steps} steps, restart 1/{restarts}")
     if restarts == 1:

@@ -169,5 +169,5 @@ def spsa(model, x, y, epsilon: float, *, steps: int = 100, perturbations: int = 
 
     attack = compiled(model, ("spsa", np.shape(x)[1:], model_fn.samples, threat, steps, perturbations,
                               learning_rate, delta, early_stop, chunks), build, seed,
-                      lanes=False)  # unsliced: the early stop reads the whole batch's mean margin (CleverHans' rule)
+                      sliced=False)  # unsliced: the early stop reads the whole batch's mean margin (CleverHans' rule)
     return run_batched(attack, x, y, batch_size, f"spsa {steps} steps × {perturbations} perturbations")

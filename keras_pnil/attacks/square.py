@@ -258,5 +258,5 @@ def square(model, x, y, epsilon: float, *, queries: int = 5000, p_init: float = 
     graph = _square_graph if threat.norm.name == "linf" else _square_lp_graph
     attack = compiled(model, ("square", np.shape(x)[1:], model_fn.samples, threat, queries, p_init, schedule),
                       lambda: graph(model_fn, threat, queries, p_init, schedule, batch_signature(x)), seed,
-                      lanes=not model_fn.random)
+                      sliced=not model_fn.random)
     return run_batched(attack, x, y, batch_size, f"square {queries} queries")
