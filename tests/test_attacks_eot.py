@@ -101,6 +101,13 @@ W = np.array([[1.0, -2.0, 0.5], [0.5, 1.0, -1.0]], np.float32)  # 2 features, 3 
 TABLE = np.array([[0.0, 0.0, 0.0], [3.0, -1.0, 0.0], [-2.0, 2.0, 1.0], [0.0, 4.0, -3.0]], np.float32)  # K = 4
 
 
+@pytest.fixture
+def one_group(monkeypatch):
+    # These tests read each draw from its row's place in one tiled pass; on a machine without a GPU a random
+    # model's draws go in `lanes.count()` groups (tested in tests/test_lanes.py).
+    monkeypatch.setattr("keras_pnil.attacks.lanes.count", lambda: 1)
+
+
 def _known_draws(images):
     return keras.Sequential([keras.Input((2,)), KnownDraws(W, TABLE, images)])
 
@@ -109,7 +116,7 @@ def _log_softmax(z):
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def test_eot_averages_the_log_probabilities_of_every_draw():
+def test_eot_averages_the_log_probabilities_of_every_draw(one_group):
     x = np.array([[0.2, 0.7], [0.9, 0.1], [0.5, 0.5]], np.float32)
     per_draw = _log_softmax((x @ W)[None] + TABLE[:, None])  # [K, images, classes]
     model = _known_draws(len(x))
@@ -123,7 +130,7 @@ def test_eot_averages_the_log_probabilities_of_every_draw():
     assert np.abs(_log_softmax(x @ W + TABLE.mean(0)) - per_draw.mean(0)).max() > 0.1
 
 
-def test_eot_gradients_sum_or_average_every_draws_gradient():
+def test_eot_gradients_sum_or_average_every_draws_gradient(one_group):
     # Per draw, ∇x CE = W (softmax(x·W + T[d]) - onehot(y)): input_gradient sums the K draws' gradients,
     # the gradient of EOT's negative log-likelihood is their mean.
     x, y = np.array([[0.2, 0.7], [0.9, 0.1]], np.float32), np.array([2, 0])
@@ -152,7 +159,7 @@ EOT_ATTACKS = {
 
 
 @pytest.mark.parametrize("name", sorted(EOT_ATTACKS))
-def test_every_attack_queries_the_model_with_its_eot_draws(name, recorder):
+def test_every_attack_queries_the_model_with_its_eot_draws(name, recorder, one_group):
     # A spy before a PNIL sees every forward pass: after the probe's two calls, each pass of an attack with
     # 3 draws holds 3 copies of its images (1 or 2 here; SPSA: its 8 perturbations of each), never 1, 2 or 16.
     keras.utils.set_random_seed(0)

@@ -72,7 +72,7 @@ def _project(points, x, epsilon):
 
 @pytest.fixture
 def one_lane(monkeypatch):
-    # The recorder reads whole batches in order: the lanes would cut each into slices seen in any order.
+    # The recorder reads whole batches (and every draw of an EOT pass) in order: the lanes would cut them up.
     monkeypatch.setattr("keras_pnil.attacks.lanes.count", lambda: 1)
 
 
@@ -142,7 +142,7 @@ class Noisy(keras.layers.Layer):
         return x + tf.random.normal(tf.shape(x), stddev=0.1)
 
 
-def test_square_l1_scores_the_eot_mean(recorder):
+def test_square_l1_scores_the_eot_mean(recorder, one_lane):
     model = _linear(layers=(Noisy(), recorder))
     x = _images()
     y = np.mean([model.predict(x, verbose=0) for _ in range(20)], axis=0).argmax(1)  # right on average
