@@ -11,7 +11,9 @@ import contextlib
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from keras_pnil import experiments, jobs, loading, replicas, report, reproduce, results, runs, targets
@@ -114,6 +116,32 @@ def _command(main):
             return 1
 
     return wrapped
+
+
+class _Interrupt:
+    seen = False
+
+
+@contextlib.contextmanager
+def _interrupts():
+    """Within, Ctrl-C raises KeyboardInterrupt as always and is also recorded (`.seen`): an interrupt that lands
+    inside TensorFlow (tracing a graph, say) can surface as another exception, which is then still an
+    interrupt, not a crash."""
+    interrupt = _Interrupt()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield interrupt
+        return
+
+    def record(signum, frame):
+        interrupt.seen = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _Stdout(logging.Handler):
@@ -473,13 +501,16 @@ def evaluate_main(argv=None) -> int:
     _estimate(prepared)
     if args.estimate_only:
         return 0
-    try:
-        with exclusive(out, "an evaluation") if spread.is_chief else contextlib.nullcontext(), progress_bars():
-            found = _run_jobs(prepared, out, spread)
-            written = _write_tables(found, out) if spread.is_chief else []
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    with _interrupts() as interrupt:
+        try:
+            with exclusive(out, "an evaluation") if spread.is_chief else contextlib.nullcontext(), progress_bars():
+                found = _run_jobs(prepared, out, spread)
+                written = _write_tables(found, out) if spread.is_chief else []
+        except BaseException as err:
+            if not (isinstance(err, KeyboardInterrupt) or interrupt.seen):
+                raise
+            print("interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
     if not spread.is_chief:
         print(f"worker {spread.worker} of {spread.workers}: done; the chief (worker 0) writes the results")
         return 0
