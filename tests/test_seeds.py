@@ -119,3 +119,44 @@ def test_the_estimate_times_each_runs_own_network_at_its_batch_size(monkeypatch)
     slow = reproduce.estimate_cost(suite, "full", specs, rates)["mnist"]
     fast = reproduce.estimate_cost(suite, "full", specs, {("mnist", "wong_mnist"): 4000.0})["mnist"]
     assert slow == pytest.approx(4 * fast)
+
+
+def test_compare_distributions_gives_fishers_exact_p_on_collapse_counts_by_hand():
+    # 0 of 5 against 3 of 5 collapses: hypergeometric over C(10, 3) = 120 tables; the two tables at least as
+    # extreme as the observed one (0 or 3 of our runs) have 10 ways each, so p = 20 / 120.
+    ours = [(False, 0.8)] * 5
+    reference = [(True, 0.0)] * 3 + [(False, 0.8)] * 2
+    c = seeds.compare_distributions(ours, reference)
+    assert (c.ours_collapsed, c.ours_runs, c.reference_collapsed, c.reference_runs) == (0, 5, 3, 5)
+    assert c.collapse_p == pytest.approx(20 / 120)
+    assert seeds.compare_distributions([(True, 0.0)] * 5, [(False, 0.8)] * 5).collapse_p == pytest.approx(2 / 252)
+    assert seeds.compare_distributions(ours, ours).collapse_p == pytest.approx(1.0)
+
+
+def test_compare_distributions_gives_exact_mann_whitney_p_over_all_and_over_the_runs_that_held():
+    # Complete separation of 3 against 3: 2 of the C(6, 3) = 20 orderings are as extreme, p = 0.1.
+    ours = [(False, 0.1), (False, 0.2), (False, 0.3)]
+    reference = [(False, 0.4), (False, 0.5), (False, 0.6)]
+    c = seeds.compare_distributions(ours, reference)
+    assert c.accuracy_p == pytest.approx(0.1) and c.stable_p == pytest.approx(0.1)
+    # Interleaved values: U = 4 of 9, the middle of the distribution, p = 1.
+    interleaved = seeds.compare_distributions([(False, 0.1), (False, 0.4), (False, 0.5)],
+                                              [(False, 0.2), (False, 0.3), (False, 0.6)])
+    assert interleaved.accuracy_p == pytest.approx(1.0)
+    # The stable comparison drops the collapsed runs: none left on our side, so it is None.
+    only_collapsed = seeds.compare_distributions([(True, 0.0), (True, 0.01)], reference)
+    assert only_collapsed.stable_p is None and only_collapsed.accuracy_p == pytest.approx(0.2)
+    # Five against five, completely apart: the smallest p there is (2 / 252), which `matches` rejects.
+    apart = seeds.compare_distributions([(False, 0.1 * i) for i in range(5)],
+                                        [(False, 0.6 + 0.05 * i) for i in range(5)])
+    assert apart.accuracy_p == pytest.approx(2 / 252) and not apart.matches() and apart.matches(level=0.005)
+    assert seeds.compare_distributions([(False, 0.5)] * 2, [(False, 0.5)] * 2).accuracy_p == 1.0
+
+
+def test_compare_distributions_rejects_empty_sides_and_bad_runs_in_one_line():
+    with pytest.raises(ValueError, match="no runs in ours"):
+        seeds.compare_distributions([], [(False, 0.5)])
+    with pytest.raises(ValueError, match=r"reference has the run \(False, 85.0\)"):
+        seeds.compare_distributions([(False, 0.5)], [(False, 85.0)])  # a percentage where a fraction belongs
+    with pytest.raises(ValueError, match="collapsed: bool"):
+        seeds.compare_distributions([(None, 0.5)], [(False, 0.5)])
