@@ -4,6 +4,7 @@ draws from a seed of its own; what they give must not depend on whether the slic
 
 import subprocess
 import sys
+import threading
 from concurrent.futures import Future
 
 import keras
@@ -146,3 +147,31 @@ def test_the_command_gives_each_lane_its_share_of_the_cores():
     before = tf.config.threading.get_intra_op_parallelism_threads()
     assert lanes.threads_for_lanes() is False
     assert tf.config.threading.get_intra_op_parallelism_threads() == before
+
+
+class _Recording:
+    """A stand-in for a traced attack graph: records, per call, the thread it ran in and the device it was given."""
+
+    input_signature = (tf.TensorSpec((None, 2), tf.float32), common.SEED_SPEC)
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x, seed):
+        self.seen.append((threading.current_thread().name, common._DEVICE.get()))
+        return x
+
+
+def test_the_device_an_attack_is_placed_on_reaches_its_lanes_threads(lanes_on):
+    # The replicas put each device's attacks under `placed(device)`; the lanes run in pool threads, which do not
+    # inherit TensorFlow's device scope, so each lane must be handed the device again.
+    graph = _Recording()
+    seeded = common.SeededGraph(graph, seed=3, slices=lanes.LANES)
+    x = tf.zeros((4, 2))
+    with common.placed("/CPU:0"):
+        np.testing.assert_array_equal(seeded(x), x)
+    assert len(graph.seen) == lanes.LANES
+    assert all(name.startswith("keras-pnil-lane") and device == "/CPU:0" for name, device in graph.seen)
+    graph.seen.clear()
+    seeded(x)  # outside `placed`: wherever TensorFlow places it
+    assert [device for _, device in graph.seen] == [None] * lanes.LANES
