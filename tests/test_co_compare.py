@@ -56,3 +56,24 @@ def test_main_prints_each_data_sets_comparison_and_says_whether_the_tests_tell_t
     missing = _reference(tmp_path, "cifar10", [(0, False, 0.5)])
     assert co_compare.main(["--summary", str(summary), "--reference", str(missing)]) == 2
     assert "no evaluated cifar10 fgsm-rs run" in capsys.readouterr().err
+
+
+def test_against_compares_every_other_method_with_one_on_a_column_by_exact_mann_whitney(tmp_path, capsys):
+    summary = tmp_path / "summary.md"
+    summary.write_text(SUMMARY.replace("| mnist-fgsm-rs-seed0-pnil | 98.9 | 79.8 | 67.8 | no | – |",
+                                       "| mnist-fgsm-rs-seed0-pnil | 98.9 | 79.8 | 67.8 | no | – |\n"
+                                       "| mnist-fgsm-rs-seed1-pnil | 98.9 | 81.0 | 90.0 | no | – |\n"
+                                       "| mnist-fgsm-rs-seed2-pnil | 98.9 | 82.0 | 91.0 | no | – |"))
+    assert co_compare.main(["--summary", str(summary), "--against", "fgsm-rs-pnil"]) == 0
+    out = capsys.readouterr().out
+    # AutoAttack of FGSM-RS (76.4, 80.0, 0.0) against its PNIL runs (67.8, 90.0, 91.0): U = 2 (76.4 and 80.0 beat
+    # 67.8); 4 of the C(6, 3) = 20 orders give U <= 2, so the two-sided p is 2 * 4 / 20.
+    assert "| mnist | fgsm-rs | 1 of 3 (76.4, 80.0, 0.0*) | 0.400 |" in out
+    assert "| mnist | fgsm-rs-pnil | 0 of 3 (67.8, 90.0, 91.0) |  |" in out
+    # N-FGSM's one run (0.0) below all three: 1 of C(4, 1) = 4 orders on each side, p = 2 / 4.
+    assert "| mnist | n-fgsm | 1 of 1 (0.0*) | 0.500 |" in out
+    assert "fashion_mnist | fgsm-rs | 0 of 1 (3.0) | – |" in out  # no PNIL run there to compare with
+    assert co_compare.main(["--summary", str(summary), "--against", "pgd-10"]) == 2
+    assert "no run of 'pgd-10'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no column 'Min'"):
+        co_compare.main(["--summary", str(summary), "--against", "fgsm-rs-pnil", "--column", "Min"])
