@@ -24,7 +24,8 @@ import re
 import sys
 from pathlib import Path
 
-from keras_pnil.seeds import compare_distributions, mann_whitney_p
+from keras_pnil.seeds import compare_distributions
+from keras_pnil.stats import mann_whitney_p
 
 METHOD = "fgsm-rs"
 RUN = re.compile(r"^(?P<dataset>.+?)-(?P<method>.+)-seed(?P<seed>\d+)-(?P<variant>baseline|pnil)$")

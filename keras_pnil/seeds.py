@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
+
+from keras_pnil.stats import fisher_exact_p, mann_whitney_p
 
 # A run collapsed when its final per-epoch PGD accuracy is below this fraction of its best epoch's.
 COLLAPSE_FRACTION = 0.5
@@ -149,21 +150,6 @@ class DistributionComparison:
         return all(p is None or p >= level for p in (self.collapse_p, self.accuracy_p, self.stable_p))
 
 
-def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """The exact two-sided Mann-Whitney U test's p-value for two samples (e.g. one method's robust accuracy
-    over seeds against another's); None when a sample is empty, 1 when every value is the same.
-
-    Example:
-        >>> round(mann_whitney_p([0.70, 0.75, 0.80], [0.05, 0.10, 0.15]), 3)  # completely apart: 2 of 20 orders
-        0.1
-    """
-    if not a or not b:
-        return None
-    if len(set(a) | set(b)) == 1:
-        return 1.0  # every value equal: nothing to tell apart (the test itself is undefined)
-    return float(scipy_stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
-
-
 def compare_distributions(ours: Sequence[tuple[bool, float]],
                           reference: Sequence[tuple[bool, float]]) -> DistributionComparison:
     """Compares two methods' runs over seeds, each given as (collapsed, robust accuracy) per run.
@@ -182,8 +168,7 @@ def compare_distributions(ours: Sequence[tuple[bool, float]],
                 raise ValueError(f"{name} has the run ({flag!r}, {value!r}): each run is (collapsed: bool, "
                                  f"accuracy in [0, 1])")
     ours_c, ref_c = sum(bool(c) for c, _ in ours), sum(bool(c) for c, _ in reference)
-    table = [[ours_c, len(ours) - ours_c], [ref_c, len(reference) - ref_c]]
-    collapse_p = float(scipy_stats.fisher_exact(table, alternative="two-sided").pvalue)
+    collapse_p = fisher_exact_p(ours_c, len(ours), ref_c, len(reference))
     return DistributionComparison(
         ours_c, len(ours), ref_c, len(reference), collapse_p,
         mann_whitney_p([float(a) for _, a in ours], [float(a) for _, a in reference]),

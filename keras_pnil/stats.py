@@ -1,4 +1,5 @@
-"""Statistics for repeated train/test splits: the corrected resampled t-test and mean ± std."""
+"""Statistics: the corrected resampled t-test for repeated train/test splits, mean ± std, and the exact tests
+that compare two methods' runs over training seeds (Fisher's on counts, Mann-Whitney U on accuracies)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,33 @@ def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     values = np.asarray(values, np.float64)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def mann_whitney_p(a, b) -> float | None:
+    """The exact two-sided Mann-Whitney U test's p-value for two samples (e.g. one method's robust accuracy
+    over seeds against another's); None when a sample is empty, 1 when every value is the same.
+
+    Example:
+        >>> round(mann_whitney_p([0.70, 0.75, 0.80], [0.05, 0.10, 0.15]), 3)  # completely apart: 2 of 20 orders
+        0.1
+    """
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if not a or not b:
+        return None
+    if len(set(a) | set(b)) == 1:
+        return 1.0  # every value equal: nothing to tell apart (the test itself is undefined)
+    return float(_scipy_stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
+
+
+def fisher_exact_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
+    """Fisher's exact test (two-sided) that two rates, `hits_a` of `n_a` and `hits_b` of `n_b` (e.g. collapsed
+    seeds), are the same.
+
+    Example:
+        >>> round(fisher_exact_p(0, 5, 3, 5), 3)  # 20 of the C(10, 3) = 120 tables are as extreme
+        0.167
+    """
+    if not (0 <= hits_a <= n_a and 0 <= hits_b <= n_b):
+        raise ValueError(f"counts {hits_a} of {n_a} and {hits_b} of {n_b}: each count must lie in 0..its total")
+    table = [[hits_a, n_a - hits_a], [hits_b, n_b - hits_b]]
+    return float(_scipy_stats.fisher_exact(table, alternative="two-sided").pvalue)

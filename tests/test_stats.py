@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from keras_pnil import stats
 from keras_pnil.stats import corrected_resampled_ttest, mean_std
 
 
@@ -36,3 +37,19 @@ def test_corrected_resampled_ttest_on_a_hand_computed_case():
     # With a tenth of the test images, the correction shrinks: t = 0.2 / √((1/3 + 0.1) · 0.01).
     t, _ = corrected_resampled_ttest([0.6, 0.7, 0.8], [0.5] * 3, n_train=1000, n_test=100)
     assert t == pytest.approx(0.2 / np.sqrt(13 / 3000))
+
+
+def test_fisher_exact_p_by_hand_and_its_bad_counts():
+    # 1 of 4 against 4 of 4: C(8, 5) = 56 tables; P(k) = C(4, k) C(4, 5 - k) / 56 for our k = 1..4 hits, i.e.
+    # 4, 24, 24, 4 ways; the tables at most as likely as the observed one (4 ways): k = 1 and k = 4, p = 8 / 56.
+    assert stats.fisher_exact_p(1, 4, 4, 4) == pytest.approx(8 / 56)
+    assert stats.fisher_exact_p(2, 5, 2, 5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="each count must lie in 0..its total"):
+        stats.fisher_exact_p(6, 5, 0, 5)
+
+
+def test_mann_whitney_p_is_exact_two_sided_and_none_for_an_empty_sample():
+    assert stats.mann_whitney_p([0.9, 0.8], [0.1, 0.2]) == pytest.approx(2 / 6)  # 1 of C(4, 2) = 6 orders each way
+    assert stats.mann_whitney_p([0.1, 0.9], [0.5, 0.5]) == pytest.approx(1.0)
+    assert stats.mann_whitney_p([], [0.5]) is None
+    assert stats.mann_whitney_p([0.3], [0.3]) == 1.0
